@@ -1,0 +1,158 @@
+"""The serving-side forecaster: original units in, original units out, one model behind it.
+
+`Predictor` wraps a model (learned or baseline), its scaler and network, and turns windows of
+last-observation-filled readings into forecasts. Serving code (Ray actors) uses only this class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from stream.datasets import SensorDataset
+from stream.network import Network
+from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
+from training.checkpoint import load_checkpoint
+from training.data import DAY_MS, time_features
+from training.scaler import StandardScaler
+
+
+class PredictorError(ValueError):
+    """Inputs that do not fit the predictor's network, window or layout."""
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Predictor:
+    """Forecasts `[B, horizon, N, out]` in original units from `[B, window, N, F]` windows.
+
+    Where a (sample, sensor, target feature) has no finite value anywhere in its input window (never
+    observed), the forecast is NaN: there is nothing to forecast from, and callers should skip it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        network: Network,
+        scaler: StandardScaler,
+        targets: tuple[int, ...],
+        window: int,
+        horizon: int,
+        version: str,
+        device: str | None = None,
+    ) -> None:
+        self.device = torch.device(device or default_device())
+        self.model = model.to(self.device).eval()
+        self.network = network
+        self.scaler = scaler
+        self.targets = tuple(targets)
+        self.window = window
+        self.horizon = horizon
+        self.version = version
+        self.network_fingerprint = network.fingerprint()
+        self.out_features = tuple(network.feature_names[i] for i in self.targets)
+
+    @classmethod
+    def baseline(
+        cls,
+        kind: str,
+        network: Network,
+        *,
+        window: int = 12,
+        horizon: int = 12,
+        data: SensorDataset | None = None,
+        device: str | None = None,
+    ) -> Predictor:
+        """A persistence or historical-average predictor forecasting every feature of `network`.
+
+        `historical_average` needs `data` (training steps) to fit its time-of-week table.
+        """
+        targets = tuple(range(network.n_features))
+        scaler = StandardScaler.identity(network.n_features)
+        model: nn.Module
+        if kind == "persistence":
+            model = Persistence(PersistenceConfig(horizon=horizon, targets=targets))
+        elif kind == "historical_average":
+            if data is None:
+                raise PredictorError(
+                    "historical_average needs training data to fit: pass data=SensorDataset(...) "
+                    "or load a fitted one with Predictor.from_checkpoint"
+                )
+            if data.network.fingerprint() != network.fingerprint():
+                raise PredictorError(f"data is on network {data.network.name!r}, not {network.name!r}")
+            model = HistoricalAverage(
+                HistoricalAverageConfig(
+                    n_nodes=network.n_sensors,
+                    steps_per_day=max(1, DAY_MS // network.step_ms),
+                    horizon=horizon,
+                    targets=targets,
+                )
+            ).fit(data.values, time_features(data.step_ts), data.mask)
+        else:
+            raise PredictorError(f"unknown baseline {kind!r}: expected 'persistence' or 'historical_average'")
+        return cls(
+            model,
+            network=network,
+            scaler=scaler,
+            targets=targets,
+            window=window,
+            horizon=horizon,
+            version=f"baseline-{kind}",
+            device=device,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, *, device: str | None = None, network: Network | None = None
+    ) -> Predictor:
+        """Load a verified checkpoint (raises `CheckpointError`); with `network`, refuse a mismatch."""
+        ckpt = load_checkpoint(path, network=network)
+        return cls(
+            ckpt.build_model(),
+            network=ckpt.network,
+            scaler=ckpt.scaler,
+            targets=ckpt.target_indices,
+            window=ckpt.window,
+            horizon=ckpt.horizon,
+            version=ckpt.version,
+            device=device,
+        )
+
+    def _check(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> None:
+        expected = (self.window, self.network.n_sensors, self.network.n_features)
+        if values.ndim != 4 or values.shape[1:] != expected:
+            dims = ", ".join(map(str, expected))
+            raise PredictorError(f"values have shape {values.shape}, expected [B, {dims}]")
+        if mask.shape != values.shape:
+            raise PredictorError(f"mask shape {mask.shape} differs from values shape {values.shape}")
+        if step_ts.shape != values.shape[:2]:
+            raise PredictorError(f"step_ts shape {step_ts.shape}, expected {values.shape[:2]}")
+
+    @torch.inference_mode()
+    def predict(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> np.ndarray:
+        """values, mask: [B, window, N, F] in original units (values last-observation filled; NaN where never
+        observed); step_ts: [B, window] int64 epoch ms UTC of each input step.
+        Returns [B, horizon, N, out] float32 in original units."""
+        values = np.asarray(values, dtype=np.float32)
+        mask = np.asarray(mask)
+        step_ts = np.asarray(step_ts, dtype=np.int64)
+        self._check(values, mask, step_ts)
+        finite = np.isfinite(values)  # [B, T, N, F]
+        x = np.where(finite, self.scaler.transform(values), 0.0).astype(np.float32)  # [B, T, N, F]
+        m = ((mask > 0) & finite).astype(np.float32)  # [B, T, N, F]
+        tf = time_features(step_ts)  # [B, T, 2]
+        y = self.model(
+            torch.from_numpy(x).to(self.device),
+            torch.from_numpy(tf).to(self.device),
+            torch.from_numpy(m).to(self.device),
+        )  # [B, H, N, out]
+        out = self.scaler.inverse(y.float().cpu().numpy(), self.targets)  # [B, H, N, out]
+        never = ~finite[..., list(self.targets)].any(axis=1)  # [B, N, out]
+        out[np.broadcast_to(never[:, None], out.shape)] = np.nan
+        return out.astype(np.float32)
