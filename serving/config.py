@@ -1,0 +1,114 @@
+"""All sensorcast settings in one pydantic-settings model: defaults < TOML file < environment < CLI flags.
+
+Environment variables use the prefix `SENSORCAST_` and `__` for nesting, e.g.
+`SENSORCAST_KAFKA__BOOTSTRAP=kafka:9092`, `SENSORCAST_REDIS__URL=redis://redis:6379/0`,
+`SENSORCAST_RAY__ADDRESS=auto`. A TOML file (same structure, sections `[kafka]`, `[redis]`, ...) is read from
+`SENSORCAST_CONFIG` or `--config`. The defaults run the embedded demo: no bootstrap and no Redis URL mean
+"start the embedded broker and Redis server".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from stream.config import ArchiveSettings, KafkaSettings, WindowSettings
+
+
+class RedisSettings(BaseModel):
+    """The Redis (or Valkey) server forecasts are written to."""
+
+    url: SecretStr | None = Field(
+        default=None, description="redis[s]://[user:password@]host:port/db; None = start an embedded server"
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl_ca_certs: Path | None = None
+    key_prefix: str = Field(default="sc", description="every key starts with '<prefix>:<network>:'")
+    ttl_s: int = Field(default=86_400, ge=1, description="expiry of forecast keys")
+    stream_maxlen: int = Field(default=2_000, ge=1, description="approximate cap of the forecast stream")
+
+    def client_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if self.username:
+            opts["username"] = self.username
+        if self.password is not None:
+            opts["password"] = self.password.get_secret_value()
+        if self.ssl_ca_certs is not None:
+            opts["ssl_ca_certs"] = str(self.ssl_ca_certs)
+        return opts
+
+
+class RaySettings(BaseModel):
+    """Where forecaster actors and training jobs run."""
+
+    address: str | None = Field(default=None, description="None = start a local Ray; 'auto' or ray://host:port")
+    actor_num_cpus: float = Field(default=0.25, gt=0)
+    actor_num_gpus: float = Field(default=0.0, ge=0, description="fraction of a GPU per forecaster actor")
+    actor_max_restarts: int = Field(default=5, ge=-1)
+    actor_max_task_retries: int = Field(default=3, ge=-1)
+    replicas: int = Field(default=1, ge=1, description="forecaster actors sharing the steps")
+
+
+class MetricsSettings(BaseModel):
+    port: int = Field(default=0, ge=0, description="Prometheus /metrics port; 0 = pick a free one")
+
+
+class Settings(BaseSettings):
+    """Root settings object; build it with `load_settings()`."""
+
+    model_config = SettingsConfigDict(env_prefix="SENSORCAST_", env_nested_delimiter="__", extra="forbid")
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    ray: RaySettings = RaySettings()
+    window: WindowSettings = WindowSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    network_file: Path | None = Field(default=None, description="network TOML/JSON; None = the simulator's")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = os.environ.get("SENSORCAST_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml), deep_merge=True))
+        return tuple(sources)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used as given."""
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings; `overrides` are nested dicts from CLI flags (highest priority, None values ignored)."""
+    if config is not None:
+        if not config.exists():
+            raise ConfigError(f"config file {config} does not exist")
+        os.environ["SENSORCAST_CONFIG"] = str(config)
+    base = Settings()
+    if not overrides:
+        return base
+    merged = base.model_dump()
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            merged.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+        elif values is not None:
+            merged[section] = values
+    return Settings.model_validate(merged)

@@ -1,0 +1,66 @@
+"""The Redis key schema — the one place that names keys. Readers (client, dashboard, redis-cli users) and
+the writer (`serving.sink`) both go through `Keys`.
+
+Every key starts with `<prefix>:{<network>}:` — the braces are a Redis Cluster hash tag, so one network's
+keys live in one slot and the per-step write can be one atomic script. With the defaults (`sc`, network
+`sim`):
+
+| key | type | content |
+|---|---|---|
+| `sc:{sim}:latest` | hash | field = sensor id, value = JSON `{"step_ts", "issued_ms", "model_version", "step_ms", "features", "forecast": [[h1 f1, ...], [h2 ...], ...]}`; `forecast[h-1][f]` is the forecast for step `step_ts + h * step_ms` |
+| `sc:{sim}:latest:meta` | hash | `step_ts`, `model_version`, `issued_ms`, `horizon`, `n_sensors` of the newest step in `latest` |
+| `sc:{sim}:forecasts` | stream | one entry per (model version, step): `step_ts`, `model_version`, `issued_ms`, `shape` ("H,N,F"), `dtype` ("float32le"), `values` (raw little-endian float32, C order `[H, N, F]`); capped by `stream_maxlen` |
+| `sc:{sim}:done:<model_version>` | sorted set | member = score = step_ts of every step this version has forecast (the idempotency record) |
+| `sc:{sim}:steps` | pub/sub channel | JSON `{"step_ts", "model_version", "stream_id"}` after each step's write |
+| `sc:{sim}:online:<model_version>` | hash | online evaluation: `n:<h>`, `abs:<h>`, `sq:<h>` sums per horizon h, `last_step` |
+| `sc:{sim}:online:rolling` | hash | rolling MAE/RMSE per horizon (JSON) of the serving model, with `model_version` |
+| `sc:{sim}:sensors` | string | JSON list of sensor ids in network order (the N axis of `values`) |
+
+Everything expires after `ttl_s` (refreshed on each write), the stream is capped, and the idempotency
+record is trimmed to the TTL window. Plain redis-cli: `HGET 'sc:{sim}:latest' s0001`,
+`XREVRANGE 'sc:{sim}:forecasts' + - COUNT 1`, `SUBSCRIBE 'sc:{sim}:steps'`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+    network: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{{self.network}}}"
+
+    @property
+    def latest(self) -> str:
+        return f"{self.base}:latest"
+
+    @property
+    def latest_meta(self) -> str:
+        return f"{self.base}:latest:meta"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.base}:forecasts"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.base}:steps"
+
+    @property
+    def sensors(self) -> str:
+        return f"{self.base}:sensors"
+
+    def done(self, model_version: str) -> str:
+        return f"{self.base}:done:{model_version}"
+
+    def online(self, model_version: str) -> str:
+        return f"{self.base}:online:{model_version}"
+
+    @property
+    def online_rolling(self) -> str:
+        return f"{self.base}:online:rolling"

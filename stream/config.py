@@ -1,0 +1,65 @@
+"""Settings of the streaming side: Kafka connection and topics, event-time windowing, the archive.
+
+Plain pydantic models (no environment reading here); `serving.config.Settings` nests them and owns the
+`SENSORCAST_` environment prefix and the optional TOML layer. Secrets are `SecretStr`: they never appear in
+`repr`, logs or error messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+
+class KafkaSettings(BaseModel):
+    """Where the readings come from and where bad input goes."""
+
+    bootstrap: str | None = Field(
+        default=None, description="host:port[,host:port]; None = start the embedded Tansu broker"
+    )
+    readings_topic: str = "sensorcast.readings"
+    dead_letter_topic: str = "sensorcast.dead-letter"
+    partitions: int = Field(default=4, ge=1, description="partitions when sensorcast creates the topic")
+    group_id: str = "sensorcast-ingest"
+    session_timeout_ms: int = Field(default=6000, ge=1000)
+    max_poll_records: int = Field(default=2000, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python clients (bootstrap excluded)."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            opts["sasl_mechanism"] = self.sasl_mechanism
+            opts["sasl_plain_username"] = self.sasl_username
+            opts["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value is not None:
+                opts[name] = str(value)
+        return opts
+
+
+class WindowSettings(BaseModel):
+    """Event-time windowing: how late a reading may be and how steps are assembled."""
+
+    window: int = Field(default=12, ge=1, description="input steps per forecast window")
+    horizon: int = Field(default=12, ge=1, description="output steps per forecast")
+    allowed_lateness_ms: int = Field(default=60_000, ge=0)
+    idle_timeout_ms: int = Field(default=30_000, ge=0, description="a silent partition stops holding the watermark")
+    agg: Literal["mean", "last", "max", "min", "median"] = "mean"
+
+
+class ArchiveSettings(BaseModel):
+    """Where sealed steps (Parquet) and the late log are kept."""
+
+    root: Path = Path("sensorcast-data/archive")

@@ -1,0 +1,250 @@
+"""Thin kafka-python adapters: topic creation, the readings producer, the dead-letter producer and the
+ingest consumer. No windowing or validation here (that is `stream.ingest`); nothing touches the network
+until `start()`.
+
+Offsets: the consumer never auto-commits. The caller commits explicitly what `Ingestor.committable()`
+allows after the data below it is durable (archived, dead-lettered, or in the late log).
+Lag comes from `consumer.highwater()`, because Tansu answers `end_offsets()` too low.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stream.config import KafkaSettings
+from stream.network import Network
+from stream.schema import encode_batch, encode_reading
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(RuntimeError):
+    """No Kafka broker answers at the configured bootstrap address."""
+
+
+def _bootstrap(settings: KafkaSettings) -> str:
+    if not settings.bootstrap:
+        raise BrokerUnavailable("no Kafka bootstrap address configured — pass --bootstrap HOST:PORT or use the demo")
+    return settings.bootstrap
+
+
+def _unavailable(settings: KafkaSettings, exc: Exception) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"no Kafka broker at {settings.bootstrap} ({type(exc).__name__}: {exc}) — start one or pass --bootstrap"
+    )
+
+
+def ensure_topics(settings: KafkaSettings, topics: Mapping[str, int]) -> None:
+    """Create the topics (name -> partitions) that do not exist yet."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=_bootstrap(settings), request_timeout_ms=10_000, **settings.client_options()
+        )
+    except KafkaError as exc:
+        raise _unavailable(settings, exc) from exc
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def partition_of(sensor_index: int, n_partitions: int) -> int:
+    """Which partition a sensor's readings go to: stable, independent of Python's hash seed."""
+    return zlib.crc32(sensor_index.to_bytes(4, "little")) % n_partitions
+
+
+class ReadingProducer:
+    """Publishes readings in the v1 message format: single readings keyed by sensor, or batch messages
+    (one per partition per timestamp, so every partition's watermark advances)."""
+
+    def __init__(self, settings: KafkaSettings, network: Network, *, fmt: str = "batch") -> None:
+        if fmt not in ("batch", "single"):
+            raise ValueError(f"message format must be 'batch' or 'single', not {fmt!r}")
+        self.settings = settings
+        self.network = network
+        self.fmt = fmt
+        self.topic = settings.readings_topic
+        self._producer: Any = None
+        self._groups: list[np.ndarray] = []
+        self.sent = 0  # readings (sensor x feature values) handed to the producer
+
+    def start(self) -> ReadingProducer:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=_bootstrap(self.settings),
+                linger_ms=5,
+                acks="all",
+                max_request_size=8 * 1024 * 1024,
+                **self.settings.client_options(),
+            )
+            parts = self._producer.partitions_for(self.topic)
+        except KafkaError as exc:
+            raise _unavailable(self.settings, exc) from exc
+        n_parts = len(parts) if parts else 1
+        owner = np.array([partition_of(i, n_parts) for i in range(self.network.n_sensors)])
+        self._groups = [np.flatnonzero(owner == p) for p in range(n_parts)]
+        return self
+
+    def send_step(self, ts: int, values: np.ndarray, present: np.ndarray) -> None:
+        """Publish one timestamp's readings: `values`, `present` are `[N, F]`; absent values are not sent."""
+        feats = self.network.feature_names
+        sensors = self.network.sensors
+        if self.fmt == "single":
+            for i in np.flatnonzero(present.any(axis=1)):
+                vals = {feats[k]: float(values[i, k]) for k in range(len(feats)) if present[i, k]}
+                self.send_raw(encode_reading(sensors[i], ts, vals), key=sensors[i].encode(),
+                              partition=partition_of(int(i), len(self._groups)))  # fmt: skip
+                self.sent += len(vals)
+            return
+        for part, idx in enumerate(self._groups):
+            idx = idx[present[idx].any(axis=1)]
+            if idx.size == 0:
+                continue
+            cols = {
+                feats[k]: [float(v) if p else None for v, p in zip(values[idx, k], present[idx, k], strict=True)]
+                for k in range(len(feats))
+            }
+            self.send_raw(encode_batch(ts, [sensors[i] for i in idx], cols), partition=part)
+            self.sent += int(present[idx].sum())
+
+    def send_raw(self, value: bytes | None, *, key: bytes | None = None, partition: int | None = None) -> None:
+        """Send bytes as they are (replay of garbage for tests, or other producers' formats)."""
+        self._producer.send(self.topic, value=value, key=key, partition=partition)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+            self._producer.close()
+            self._producer = None
+
+    def __enter__(self) -> ReadingProducer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DeadLetterProducer:
+    """Writes dead-letter records (JSON, see `stream.ingest.DeadLetter.to_json`) and flushes them."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._producer: Any = None
+
+    def start(self) -> DeadLetterProducer:
+        from kafka import KafkaProducer
+
+        self._producer = KafkaProducer(
+            bootstrap_servers=_bootstrap(self.settings), acks="all", linger_ms=2, **self.settings.client_options()
+        )
+        return self
+
+    def send(self, records: Sequence[Any]) -> None:
+        for rec in records:
+            self._producer.send(self.settings.dead_letter_topic, value=rec.to_json(), key=rec.reason.encode())
+
+    def flush(self) -> None:
+        """Block until every dead letter sent is acknowledged: only then may offsets below them commit."""
+        self._producer.flush()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+class IngestConsumer:
+    """A consumer-group member on the readings topic with explicit commits."""
+
+    def __init__(self, settings: KafkaSettings, *, client_id: str = "sensorcast-ingest") -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self._consumer: Any = None
+
+    def start(self) -> IngestConsumer:
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        s = self.settings
+        try:
+            self._consumer = KafkaConsumer(
+                s.readings_topic,
+                bootstrap_servers=_bootstrap(s),
+                group_id=s.group_id,
+                client_id=self.client_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=s.session_timeout_ms,
+                heartbeat_interval_ms=max(300, s.session_timeout_ms // 4),
+                max_poll_records=s.max_poll_records,
+                fetch_max_bytes=16 * 1024 * 1024,
+                max_partition_fetch_bytes=8 * 1024 * 1024,
+                **s.client_options(),
+            )
+        except KafkaError as exc:
+            raise _unavailable(s, exc) from exc
+        return self
+
+    def poll(self, timeout_ms: int = 200) -> Iterator[Record]:
+        batches = self._consumer.poll(timeout_ms=timeout_ms)
+        for tp, msgs in batches.items():
+            for m in msgs:
+                yield Record(tp.partition, m.offset, m.value)
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit `partition -> next offset to read` for partitions this member still owns."""
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        owned = {tp.partition for tp in self._consumer.assignment()}
+        todo = {
+            TopicPartition(self.settings.readings_topic, p): OffsetAndMetadata(o, "", -1)
+            for p, o in offsets.items()
+            if p in owned
+        }
+        if todo:
+            self._consumer.commit(todo)
+
+    def assigned(self) -> list[int]:
+        return sorted(tp.partition for tp in self._consumer.assignment())
+
+    def lag(self) -> dict[int, int]:
+        """Messages behind the high-water mark per assigned partition (-1 while unknown)."""
+        out: dict[int, int] = {}
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            out[tp.partition] = -1 if hw is None else max(0, hw - self._consumer.position(tp))
+        return out
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+            self._consumer = None
