@@ -60,6 +60,7 @@ class RaySettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
+    host: str = Field(default="127.0.0.1", description="bind address of /metrics; 0.0.0.0 in containers")
     port: int = Field(default=0, ge=0, description="Prometheus /metrics port; 0 = pick a free one")
 
 

@@ -1,0 +1,102 @@
+"""Hands windows to the forecaster actors and gets forecasts back, surviving actor failures.
+
+A micro-batch of windows `[B, window, N, F]` is split into contiguous chunks across the replicas (replicas
+by step: every actor sees the whole network, so no spatial context is cut). A chunk whose actor died is
+re-sent after a backoff until a deadline; an answer made by another version than the one the dispatcher
+holds (a restarted actor came back with its constructor's model) triggers a `load()` and a re-send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from serving.forecaster import ModelSpec
+
+log = logging.getLogger(__name__)
+
+try:  # Ray >= 2.10
+    from ray.exceptions import ActorUnavailableError
+
+    _ACTOR_ERRORS: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError, GetTimeoutError)
+except ImportError:  # pragma: no cover
+    _ACTOR_ERRORS = (RayActorError, GetTimeoutError)
+
+
+class ForecastUnavailable(RuntimeError):
+    """No forecaster actor answered before the deadline."""
+
+
+class Dispatcher:
+    def __init__(self, actors: Sequence[Any], spec: ModelSpec, *, call_timeout_s: float = 60.0,
+                 retry_deadline_s: float = 120.0) -> None:  # fmt: skip
+        if not actors:
+            raise ValueError("the dispatcher needs at least one forecaster actor")
+        self.actors = list(actors)
+        self.spec = spec
+        self.call_timeout_s = call_timeout_s
+        self.retry_deadline_s = retry_deadline_s
+        self.version: str = ""
+        self.retries = 0
+        self.last_infer_ms = 0.0
+
+    def start(self) -> str:
+        """Wait until every actor hosts `spec`; returns the model version."""
+        infos = ray.get([a.info.remote() for a in self.actors], timeout=self.retry_deadline_s)
+        versions = {i["version"] for i in infos}
+        if len(versions) != 1:
+            raise RuntimeError(f"forecaster actors disagree on the model version: {sorted(versions)}")
+        self.version = versions.pop()
+        return self.version
+
+    def devices(self) -> list[str]:
+        return [i["device"] for i in ray.get([a.info.remote() for a in self.actors])]
+
+    def load(self, spec: ModelSpec) -> str:
+        """Hot swap on every replica; the new version serves from the next call on."""
+        versions = set(ray.get([a.load.remote(spec.ref) for a in self.actors], timeout=self.retry_deadline_s))
+        if len(versions) != 1:
+            raise RuntimeError(f"replicas loaded different versions: {sorted(versions)}")
+        self.spec, self.version = spec, versions.pop()
+        return self.version
+
+    def forecast(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> np.ndarray:
+        """values, mask: [B, window, N, F]; step_ts: [B, window] -> [B, H, N, out] by `self.version`."""
+        b = values.shape[0]
+        bounds = np.linspace(0, b, min(b, len(self.actors)) + 1).astype(int)
+        chunks = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+        refs = [self._submit(i, lo, hi, values, mask, step_ts) for i, (lo, hi) in enumerate(chunks)]
+        parts = [self._collect(i, ref, lo, hi, values, mask, step_ts) for i, (ref, (lo, hi)) in enumerate(zip(refs, chunks, strict=True))]
+        return np.concatenate(parts, axis=0)
+
+    def _submit(self, i: int, lo: int, hi: int, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> Any:
+        return self.actors[i].forecast.remote(values[lo:hi], mask[lo:hi], step_ts[lo:hi])
+
+    def _collect(self, i: int, ref: Any, lo: int, hi: int, values: np.ndarray, mask: np.ndarray,
+                 step_ts: np.ndarray) -> np.ndarray:  # fmt: skip
+        deadline = time.monotonic() + self.retry_deadline_s
+        delay = 0.2
+        while True:
+            try:
+                out, version, infer_ms = ray.get(ref, timeout=self.call_timeout_s)
+                if version == self.version:
+                    self.last_infer_ms = infer_ms
+                    return np.asarray(out)
+                log.warning("actor answered with another version; reloading", extra={"got": version, "want": self.version})
+                ray.get(self.actors[i].load.remote(self.spec.ref), timeout=self.retry_deadline_s)
+            except _ACTOR_ERRORS as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ForecastUnavailable(
+                        f"forecaster actor {i} unavailable for {self.retry_deadline_s:.0f} s: {exc}"
+                    ) from exc
+                log.warning("forecaster actor failed; re-sending", extra={"actor": i, "error": type(exc).__name__})
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            self.retries += 1
+            ref = self._submit(i, lo, hi, values, mask, step_ts)
