@@ -1,0 +1,199 @@
+"""The archive: sealed steps and late readings as Parquet files, the durable record offsets commit against.
+
+Layout under `root`::
+
+    steps/date=YYYY-MM-DD/part-<first_step_ts>-<last_step_ts>.parquet   # one file per append and UTC day
+    late/date=YYYY-MM-DD/part-<first_ts>-<last_ts>-<uuid>.parquet      # the late log
+
+Steps are stored long: one row per (step, sensor, feature) with columns `step_ts` (int64 ms), `sensor`
+(string), `feature` (string), `value` (float32, the sealed value incl. last-observation fill) and
+`observed` (bool, the mask); `pandas.read_parquet(root / "steps")` reads them all. Every file is written
+under a hidden temporary name (`.part-….tmp`, skipped by Parquet readers) and renamed into place, so a
+crash never leaves a half file visible; leftovers are removed when an `Archive` opens.
+
+Appends are idempotent: steps at or before `last_step()` are skipped, and `last_step()` is recovered from
+the file names after a restart — it is the `resume_after_step` of the windower. The late log is not
+idempotent (a replay after a crash may log a late reading twice); it is an audit trail, not model input.
+
+One writer per root. No Kafka, no clock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stream.network import Network
+from stream.window import LateReading, SealedStep
+
+_PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+LATE_COLUMNS = ("sensor", "feature", "ts", "value", "step_ts", "partition", "offset")
+
+
+def utc_day(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+class Archive:
+    """Parquet archive of sealed steps and late readings for one network; see the module docstring."""
+
+    def __init__(self, root: str | Path, network: Network) -> None:
+        self.root = Path(root)
+        self.network = network
+        self.steps_dir = self.root / "steps"
+        self.late_dir = self.root / "late"
+        self._files: list[tuple[int, int, Path]] = []  # (first, last, path), sorted
+        self._scan()
+
+    def _scan(self) -> None:
+        files = []
+        for d in (self.steps_dir, self.late_dir):
+            for tmp in d.glob("date=*/.*.tmp") if d.exists() else ():
+                tmp.unlink(missing_ok=True)  # a crash between write and rename
+        if self.steps_dir.exists():
+            for path in self.steps_dir.glob("date=*/part-*.parquet"):
+                m = _PART.match(path.name)
+                if m:
+                    files.append((int(m.group(1)), int(m.group(2)), path))
+        self._files = sorted(files)
+
+    def last_step(self) -> int | None:
+        """step_ts of the newest archived step, None for an empty archive."""
+        return max((last for _, last, _ in self._files), default=None)
+
+    # -- sealed steps ----------------------------------------------------------------------------------
+
+    def append(self, steps: Sequence[SealedStep]) -> None:
+        """Write the steps newer than `last_step()`, one file per UTC day; older ones are skipped."""
+        last = self.last_step()
+        todo = sorted((s for s in steps if last is None or s.step_ts > last), key=lambda s: s.step_ts)
+        by_day: dict[str, list[SealedStep]] = {}
+        for s in todo:
+            by_day.setdefault(utc_day(s.step_ts), []).append(s)
+        for day, group in by_day.items():
+            first_ts, last_ts = group[0].step_ts, group[-1].step_ts
+            path = self.steps_dir / f"date={day}" / f"part-{first_ts}-{last_ts}.parquet"
+            _write_atomic(self._steps_table(group), path)
+            self._files.append((first_ts, last_ts, path))
+        self._files.sort()
+
+    def _steps_table(self, steps: Sequence[SealedStep]) -> pa.Table:
+        n, f = self.network.n_sensors, self.network.n_features
+        t = len(steps)
+        values = np.stack([s.values for s in steps]).reshape(-1)  # [T, N, F] -> [T * N * F]
+        mask = np.stack([s.mask for s in steps]).reshape(-1)
+        step_ts = np.repeat(np.array([s.step_ts for s in steps], dtype=np.int64), n * f)
+        sensor = np.tile(np.repeat(np.arange(n, dtype=np.int32), f), t)
+        feature = np.tile(np.arange(f, dtype=np.int32), n * t)
+        return pa.table(
+            {
+                "step_ts": pa.array(step_ts, type=pa.int64()),
+                "sensor": _strings(sensor, self.network.sensors),
+                "feature": _strings(feature, self.network.feature_names),
+                "value": pa.array(values.astype(np.float32, copy=False), type=pa.float32()),
+                "observed": pa.array(mask.astype(bool)),
+            }
+        )
+
+    def read(
+        self, start_ms: int | None = None, end_ms: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Archived steps with `start_ms <= step_ts < end_ms` (either bound optional), in network order.
+
+        Returns `step_ts` int64 `[T]`, `values` float32 `[T, N, F]`, `mask` uint8 `[T, N, F]`. Sensors or
+        features the network no longer has are dropped; ones it gained read as NaN / 0.
+        """
+        lo = -(2**62) if start_ms is None else start_ms
+        hi = 2**62 if end_ms is None else end_ms
+        paths = [p for first, last, p in self._files if last >= lo and first < hi]
+        n, f = self.network.n_sensors, self.network.n_features
+        if not paths:
+            return np.zeros(0, np.int64), np.zeros((0, n, f), np.float32), np.zeros((0, n, f), np.uint8)
+        table = pa.concat_tables([pq.read_table(p) for p in paths])
+        step = table.column("step_ts").to_numpy()
+        keep = (step >= lo) & (step < hi)
+        step = step[keep]
+        si = _indices(table.column("sensor"), self.network.sensor_index)[keep]
+        fi = _indices(table.column("feature"), self.network.feature_index)[keep]
+        value = table.column("value").to_numpy()[keep]
+        observed = table.column("observed").to_numpy(zero_copy_only=False)[keep]
+        step_ts, ti = np.unique(step, return_inverse=True)
+        known = (si >= 0) & (fi >= 0)
+        values = np.full((len(step_ts), n, f), np.nan, dtype=np.float32)  # [T, N, F]
+        mask = np.zeros((len(step_ts), n, f), dtype=np.uint8)  # [T, N, F]
+        values[ti[known], si[known], fi[known]] = value[known]
+        mask[ti[known], si[known], fi[known]] = observed[known]
+        return step_ts, values, mask
+
+    # -- late log --------------------------------------------------------------------------------------
+
+    def append_late(self, late: Sequence[LateReading]) -> None:
+        """Log late readings (as returned by the windower) under `late/`, one file per UTC day."""
+        if not late:
+            return
+        cols = list(zip(*late, strict=True))  # one tuple per LateReading field
+        data = dict(zip(LATE_COLUMNS, cols, strict=True))
+        step_ts = np.array(data["step_ts"], dtype=np.int64)
+        days = np.array([utc_day(int(s)) for s in step_ts])
+        for day in np.unique(days).tolist():
+            sel = days == day
+            ts = np.array(data["ts"], dtype=np.int64)[sel]
+            table = pa.table(
+                {
+                    "sensor": _strings(np.array(data["sensor"], dtype=np.int32)[sel], self.network.sensors),
+                    "feature": _strings(
+                        np.array(data["feature"], dtype=np.int32)[sel], self.network.feature_names
+                    ),
+                    "ts": pa.array(ts, type=pa.int64()),
+                    "value": pa.array(np.array(data["value"], dtype=np.float64)[sel], type=pa.float64()),
+                    "step_ts": pa.array(step_ts[sel], type=pa.int64()),
+                    "partition": pa.array(np.array(data["partition"], dtype=np.int32)[sel], type=pa.int32()),
+                    "offset": pa.array(np.array(data["offset"], dtype=np.int64)[sel], type=pa.int64()),
+                }
+            )
+            name = f"part-{ts.min()}-{ts.max()}-{uuid.uuid4().hex[:12]}.parquet"
+            _write_atomic(table, self.late_dir / f"date={day}" / name)
+
+    def read_late(self) -> pd.DataFrame:
+        """The whole late log, oldest first (empty frame with the columns when there is none)."""
+        if not self.late_dir.exists() or not any(self.late_dir.glob("date=*/part-*.parquet")):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in LATE_COLUMNS})
+        frame = pd.read_parquet(self.late_dir)
+        frame = frame.drop(columns=["date"], errors="ignore")
+        return frame.sort_values(["ts", "partition", "offset"], kind="stable").reset_index(drop=True)
+
+
+def _strings(indices: np.ndarray, names: Sequence[str]) -> pa.Array:
+    """Plain string column from indices into `names` (built as a dictionary, then decoded)."""
+    return pa.DictionaryArray.from_arrays(pa.array(indices, type=pa.int32()), pa.array(list(names))).cast(
+        pa.string()
+    )
+
+
+def _indices(column: pa.ChunkedArray, index: Mapping[str, int]) -> np.ndarray:
+    """Network indices of a string column (-1 where the network lacks the name)."""
+    encoded = column.combine_chunks().dictionary_encode()
+    lookup = np.array([index.get(name, -1) for name in encoded.dictionary.to_pylist()], dtype=np.int64)
+    return lookup[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Write under a hidden temp name, fsync, rename: readers see the whole file or none of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
