@@ -1,0 +1,130 @@
+"""One contract for every model: shapes, determinism, overfitting a tiny batch, checkpoint round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stream.network import Network
+from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from training.data import time_features
+from training.model import AttentionSeq2Seq, Seq2SeqConfig, STFormer, STFormerConfig
+from training.scaler import StandardScaler
+
+torch.set_num_threads(1)
+
+B, T, N, F, H = 3, 6, 4, 2, 3
+TARGETS = (0,)
+
+TINY_ST = dict(input_dim=8, tod_dim=4, dow_dim=4, adaptive_dim=8, heads=2, ffn_dim=16, dropout=0.0)
+MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
+    "persistence": ("persistence", lambda: Persistence(PersistenceConfig(horizon=H, targets=TARGETS))),
+    "historical_average": (
+        "historical_average",
+        lambda: HistoricalAverage(HistoricalAverageConfig(n_nodes=N, steps_per_day=288, horizon=H)),
+    ),
+    "seq2seq-gru-additive": (
+        "seq2seq",
+        lambda: AttentionSeq2Seq(Seq2SeqConfig(in_features=F, window=T, horizon=H, hidden=16)),
+    ),
+    "seq2seq-lstm-dot": (
+        "seq2seq",
+        lambda: AttentionSeq2Seq(
+            Seq2SeqConfig(in_features=F, window=T, horizon=H, hidden=16, encoder="lstm", attention="dot")
+        ),
+    ),
+    "seq2seq-scaled-dot": (
+        "seq2seq",
+        lambda: AttentionSeq2Seq(
+            Seq2SeqConfig(
+                in_features=F, window=T, horizon=H, hidden=16, attention="scaled_dot", residual=False
+            )
+        ),
+    ),
+    "stformer": (
+        "stformer",
+        lambda: STFormer(
+            STFormerConfig(
+                n_nodes=N, in_features=F, window=T, horizon=H, temporal_layers=1, spatial_layers=1, **TINY_ST
+            )
+        ),
+    ),
+}
+LEARNED = [k for k, (kind, _) in MODELS.items() if kind in ("seq2seq", "stformer")]
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, N, F, generator=g)  # [B, T, N, F]
+    mask = (torch.rand(B, T, N, F, generator=g) > 0.2).float()
+    step_ts = 1_330_560_000_000 + 300_000 * (np.arange(T)[None] + 50 * np.arange(B)[:, None])
+    tf = torch.from_numpy(time_features(step_ts))  # [B, T, 2]
+    y = torch.randn(B, H, N, len(TARGETS), generator=g)  # [B, H, N, out]
+    return x, tf, mask, y
+
+
+def _build(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return MODELS[name][1]().eval()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_output_shape(name: str) -> None:
+    x, tf, mask, _ = _batch()
+    out = _build(name)(x, tf, mask)
+    assert out.shape == (B, H, N, len(TARGETS)) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_deterministic_under_seed(name: str) -> None:
+    x, tf, mask, _ = _batch()
+    torch.testing.assert_close(_build(name, seed=7)(x, tf, mask), _build(name, seed=7)(x, tf, mask))
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_overfits_a_tiny_batch(name: str) -> None:
+    x, tf, mask, y = _batch()
+    model = _build(name).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        loss = (model(x, tf, mask) - y).abs().mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.25 * first, f"{name}: loss {first:.3f} -> {loss.item():.3f}"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_checkpoint_round_trip(name: str, tmp_path: Path) -> None:
+    x, tf, mask, _ = _batch()
+    model = _build(name, seed=3)
+    net = Network.simple("tiny", N, ["speed", "flow"])
+    ckpt = Checkpoint.from_model(
+        MODELS[name][0],
+        model,
+        scaler=StandardScaler.identity(F),
+        network=net,
+        targets=("speed",),
+        window=T,
+        horizon=H,
+    )
+    loaded = load_checkpoint(save_checkpoint(ckpt, tmp_path / "m.pt"), network=net).build_model()
+    torch.testing.assert_close(loaded(x, tf, mask), model(x, tf, mask))
+
+
+def test_attention_maps() -> None:
+    x, tf, mask, _ = _batch()
+    seq = _build("seq2seq-gru-additive")
+    weights = seq.attention_maps(x, tf, mask)["temporal"]  # type: ignore[operator]
+    assert weights.shape == (B, N, H, T)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, N, H))
+    maps = _build("stformer").attention_maps(x, tf, mask)  # type: ignore[operator]
+    assert maps["temporal"].shape == (B, N, 2, T, T) and maps["spatial"].shape == (B, T, 2, N, N)

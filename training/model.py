@@ -1,0 +1,306 @@
+"""Attention forecasting models: AttentionSeq2Seq and STFormer (a STAEformer-class transformer).
+
+Both take scaled inputs and share one interface so the same contract tests cover them (and the baselines):
+
+    forward(x [B, T, N, F], time_features [B, T, 2], mask [B, T, N, F]) -> [B, H, N, out]
+
+`time_features` holds the time of day in [0, 1) and the day of week 0..6 of every input step; `mask` is 1
+where a reading was observed (x holds last-observation-filled values elsewhere). `attention_maps` returns
+the attention weights of one forward pass for `explain`. No I/O, no globals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# -----------------------------------------------------------------------------------------------------------
+# AttentionSeq2Seq
+
+
+@dataclass
+class Seq2SeqConfig:
+    in_features: int = 1
+    targets: tuple[int, ...] = (0,)  # input feature indices that are forecast (out = len(targets))
+    window: int = 12
+    horizon: int = 12
+    hidden: int = 64
+    encoder: str = "gru"  # "gru" | "lstm"
+    attention: str = "additive"  # "additive" | "dot" | "scaled_dot"
+    dropout: float = 0.0
+    residual: bool = True  # forecast the change from the last input step
+
+
+class Attention(nn.Module):
+    """Score a query against encoder states: additive (Bahdanau), dot or scaled dot (Luong)."""
+
+    def __init__(self, kind: str, hidden: int) -> None:
+        super().__init__()
+        if kind not in ("additive", "dot", "scaled_dot"):
+            raise ValueError(f"unknown attention {kind!r}: expected additive, dot or scaled_dot")
+        self.kind = kind
+        self.scale = 1 / math.sqrt(hidden) if kind == "scaled_dot" else 1.0
+        if kind == "additive":
+            self.w_query = nn.Linear(hidden, hidden, bias=False)
+            self.w_keys = nn.Linear(hidden, hidden)
+            self.v = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """query [M, D], keys [M, T, D] -> context [M, D], weights [M, T]."""
+        if self.kind == "additive":
+            scores = self.v(torch.tanh(self.w_query(query)[:, None] + self.w_keys(keys))).squeeze(
+                -1
+            )  # [M, T]
+        else:
+            scores = torch.einsum("md,mtd->mt", query, keys) * self.scale  # [M, T]
+        weights = scores.softmax(-1)  # [M, T]
+        return torch.einsum("mt,mtd->md", weights, keys), weights
+
+
+class AttentionSeq2Seq(nn.Module):
+    """Per-sensor RNN encoder, attention over its states, LSTM decoder unrolled over the horizon.
+
+    Sensors share all weights: they are folded into the batch dimension.
+    """
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        out = len(c.targets)
+        step_in = 2 * c.in_features + 4  # values, mask, sin/cos time of day, sin/cos day of week
+        self.input_proj = nn.Linear(step_in, c.hidden)
+        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(c.encoder)
+        if rnn is None:
+            raise ValueError(f"unknown encoder {c.encoder!r}: expected gru or lstm")
+        self.encoder = rnn(c.hidden, c.hidden, batch_first=True)
+        self.attention = Attention(c.attention, c.hidden)
+        self.decoder = nn.LSTMCell(out + c.hidden + 4, c.hidden)
+        self.head = nn.Linear(2 * c.hidden, out)
+        self.dropout = nn.Dropout(c.dropout)
+        self.register_buffer("targets", torch.tensor(c.targets, dtype=torch.long), persistent=False)
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, N, F], time_features [B, T, 2], mask [B, T, N, F] -> [B, H, N, out]."""
+        b, t, n, _ = x.shape
+        c = self.config
+        tf = _cyclic(time_features)  # [B, T, 4]
+        steps = torch.cat([x, mask, tf[:, :, None].expand(-1, -1, n, -1)], dim=-1)  # [B, T, N, 2F+4]
+        steps = steps.transpose(1, 2).reshape(b * n, t, -1)  # [B*N, T, 2F+4]
+        states, last = self.encoder(self.dropout(torch.relu(self.input_proj(steps))))  # [B*N, T, D]
+        h = last[0][-1] if isinstance(last, tuple) else last[-1]  # [B*N, D]
+        cell = torch.zeros_like(h)
+        last_y = x[:, -1].index_select(-1, self.targets).reshape(b * n, -1)  # [B*N, out]
+        future = _future_time(time_features, c.horizon)  # [B, H, 4]
+        future = future[:, None].expand(-1, n, -1, -1).reshape(b * n, c.horizon, 4)  # [B*N, H, 4]
+        y, outputs, weights = last_y, [], []
+        for step in range(c.horizon):
+            context, w = self.attention(h, states)  # [B*N, D], [B*N, T]
+            h, cell = self.decoder(torch.cat([y, context, future[:, step]], dim=-1), (h, cell))
+            delta = self.head(self.dropout(torch.cat([h, context], dim=-1)))  # [B*N, out]
+            y = y + delta if c.residual else delta
+            outputs.append(y)
+            weights.append(w)
+        self.last_weights = torch.stack(weights, 1).reshape(b, n, c.horizon, t)  # [B, N, H, T]
+        return torch.stack(outputs, 1).reshape(b, n, c.horizon, -1).transpose(1, 2)  # [B, H, N, out]
+
+    @torch.no_grad()
+    def attention_maps(
+        self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """{"temporal": [B, N, H, T]}: weight of each input step for each forecast step, per sensor."""
+        self.forward(x, time_features, mask)
+        assert self.last_weights is not None
+        return {"temporal": self.last_weights}
+
+
+def _cyclic(time_features: torch.Tensor) -> torch.Tensor:
+    """[..., 2] time of day, day of week -> [..., 4] sin/cos of each, so midnight and Sunday wrap around."""
+    day = 2 * math.pi * time_features[..., 0]
+    week = 2 * math.pi * (time_features[..., 1] + time_features[..., 0]) / 7
+    return torch.stack([day.sin(), day.cos(), week.sin(), week.cos()], dim=-1)
+
+
+def _future_time(time_features: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Cyclic time features of the `horizon` steps after the window, from the last two input steps."""
+    last, prev = time_features[:, -1], time_features[:, -2]  # [B, 2]
+    step = torch.remainder(last[:, 0] - prev[:, 0], 1.0)  # [B] fraction of a day per step
+    step = torch.where(step > 0, step, torch.ones_like(step))  # daily steps: tod is constant
+    ahead = torch.arange(1, horizon + 1, device=time_features.device)[None]  # [1, H]
+    days = last[:, :1] + step[:, None] * ahead  # [B, H] days after the last step's midnight
+    tod = torch.remainder(days, 1.0)
+    dow = torch.remainder(last[:, 1:] + torch.floor(days), 7)
+    return _cyclic(torch.stack([tod, dow], dim=-1))  # [B, H, 4]
+
+
+# -----------------------------------------------------------------------------------------------------------
+# STFormer
+
+
+@dataclass
+class STFormerConfig:
+    n_nodes: int
+    in_features: int = 1
+    targets: tuple[int, ...] = (0,)
+    window: int = 12
+    horizon: int = 12
+    steps_per_day: int = 288
+    input_dim: int = 24
+    tod_dim: int = 24
+    dow_dim: int = 24
+    adaptive_dim: int = 80  # learned per-(step, node) embedding, STAEformer's key ingredient
+    heads: int = 4
+    temporal_layers: int = 3
+    spatial_layers: int = 3
+    ffn_dim: int = 256
+    dropout: float = 0.1
+    residual: bool = False
+
+    @property
+    def model_dim(self) -> int:
+        return self.input_dim + self.tod_dim + self.dow_dim + self.adaptive_dim
+
+
+PRESETS: dict[str, dict[str, int | float]] = {
+    # CPU: fits a 2-core, 30-minute budget on a ~200-sensor network.
+    "small": dict(
+        input_dim=16,
+        tod_dim=16,
+        dow_dim=8,
+        adaptive_dim=24,
+        heads=2,
+        temporal_layers=1,
+        spatial_layers=1,
+        ffn_dim=96,
+        dropout=0.1,
+    ),
+    # GPU: STAEformer's published size.
+    "full": dict(
+        input_dim=24,
+        tod_dim=24,
+        dow_dim=24,
+        adaptive_dim=80,
+        heads=4,
+        temporal_layers=3,
+        spatial_layers=3,
+        ffn_dim=256,
+        dropout=0.1,
+    ),
+}
+
+
+class SelfAttentionLayer(nn.Module):
+    """Pre-norm multi-head self-attention + feed-forward over the second-to-last axis of [M, L, D]."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.keep_weights = False
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h [M, L, D] -> [M, L, D]."""
+        m, length, d = h.shape
+        q, k, v = self.qkv(self.norm1(h)).reshape(m, length, 3, self.heads, d // self.heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [M, heads, L, d/heads]
+        if self.keep_weights:
+            weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)  # [M, heads, L, L]
+            self.last_weights = weights
+            att = weights @ v
+        else:
+            p = self.dropout.p if self.training else 0.0
+            att = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # [M, heads, L, d/heads]
+        h = h + self.dropout(self.out(att.transpose(1, 2).reshape(m, length, d)))
+        return h + self.dropout(self.ffn(self.norm2(h)))
+
+
+class STFormer(nn.Module):
+    """Input projection + time-of-day, day-of-week and adaptive node embeddings, temporal attention layers
+    (each sensor over its window), spatial attention layers (all sensors at each step), then one linear
+    projection from the whole window to all horizon steps."""
+
+    def __init__(self, config: STFormerConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        out = len(c.targets)
+        self.input_proj = nn.Linear(2 * c.in_features, c.input_dim)  # values and mask
+        self.tod_embedding = nn.Embedding(max(c.steps_per_day, 1), c.tod_dim)
+        self.dow_embedding = nn.Embedding(7, c.dow_dim)
+        self.adaptive_embedding = nn.Parameter(torch.empty(c.window, c.n_nodes, c.adaptive_dim))
+        nn.init.xavier_uniform_(self.adaptive_embedding)
+        d = c.model_dim
+        self.temporal = nn.ModuleList(
+            SelfAttentionLayer(d, c.heads, c.ffn_dim, c.dropout) for _ in range(c.temporal_layers)
+        )
+        self.spatial = nn.ModuleList(
+            SelfAttentionLayer(d, c.heads, c.ffn_dim, c.dropout) for _ in range(c.spatial_layers)
+        )
+        self.norm = nn.LayerNorm(d)
+        self.output_proj = nn.Linear(c.window * d, c.horizon * out)
+        self.register_buffer("targets", torch.tensor(c.targets, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, N, F], time_features [B, T, 2], mask [B, T, N, F] -> [B, H, N, out]."""
+        b, t, n, _ = x.shape
+        c = self.config
+        if (t, n) != (c.window, c.n_nodes):
+            raise ValueError(f"STFormer built for window {c.window} × {c.n_nodes} sensors, got {t} × {n}")
+        tod = (time_features[..., 0] * c.steps_per_day).round().long() % max(c.steps_per_day, 1)  # [B, T]
+        dow = time_features[..., 1].long() % 7  # [B, T]
+        h = torch.cat(
+            [
+                self.input_proj(torch.cat([x, mask], dim=-1)),  # [B, T, N, input_dim]
+                self.tod_embedding(tod)[:, :, None].expand(-1, -1, n, -1),  # [B, T, N, tod_dim]
+                self.dow_embedding(dow)[:, :, None].expand(-1, -1, n, -1),  # [B, T, N, dow_dim]
+                self.adaptive_embedding.expand(b, -1, -1, -1),  # [B, T, N, adaptive_dim]
+            ],
+            dim=-1,
+        )  # [B, T, N, D]
+        h = h.transpose(1, 2).reshape(b * n, t, -1)  # [B*N, T, D]
+        for layer in self.temporal:
+            h = layer(h)
+        h = h.reshape(b, n, t, -1).transpose(1, 2).reshape(b * t, n, -1)  # [B*T, N, D]
+        for layer in self.spatial:
+            h = layer(h)
+        h = self.norm(h).reshape(b, t, n, -1).transpose(1, 2).reshape(b, n, -1)  # [B, N, T*D]
+        y = self.output_proj(h).reshape(b, n, c.horizon, -1).transpose(1, 2)  # [B, H, N, out]
+        if c.residual:
+            y = y + x[:, -1:].index_select(-1, self.targets)
+        return y
+
+    @torch.no_grad()
+    def attention_maps(
+        self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """{"temporal": [B, N, heads, T, T], "spatial": [B, T, heads, N, N]} from the last layer of each."""
+        b, t, n, _ = x.shape
+        layers = [*self.temporal, *self.spatial]
+        for layer in layers:
+            layer.keep_weights = True
+        try:
+            self.forward(x, time_features, mask)
+            maps: dict[str, torch.Tensor] = {}
+            if self.temporal:
+                w = self.temporal[-1].last_weights
+                assert w is not None
+                maps["temporal"] = w.reshape(b, n, *w.shape[1:])
+            if self.spatial:
+                w = self.spatial[-1].last_weights
+                assert w is not None
+                maps["spatial"] = w.reshape(b, t, *w.shape[1:])
+            return maps
+        finally:
+            for layer in layers:
+                layer.keep_weights, layer.last_weights = False, None
