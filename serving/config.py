@@ -51,7 +51,9 @@ class RedisSettings(BaseModel):
 class RaySettings(BaseModel):
     """Where forecaster actors and training jobs run."""
 
-    address: str | None = Field(default=None, description="None = start a local Ray; 'auto' or ray://host:port")
+    address: str | None = Field(
+        default=None, description="None = start a local Ray; 'auto' or ray://host:port"
+    )
     actor_num_cpus: float = Field(default=0.25, gt=0)
     actor_num_gpus: float = Field(default=0.0, ge=0, description="fraction of a GPU per forecaster actor")
     actor_max_restarts: int = Field(default=5, ge=-1)

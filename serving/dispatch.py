@@ -72,10 +72,15 @@ class Dispatcher:
         bounds = np.linspace(0, b, min(b, len(self.actors)) + 1).astype(int)
         chunks = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
         refs = [self._submit(i, lo, hi, values, mask, step_ts) for i, (lo, hi) in enumerate(chunks)]
-        parts = [self._collect(i, ref, lo, hi, values, mask, step_ts) for i, (ref, (lo, hi)) in enumerate(zip(refs, chunks, strict=True))]
+        parts = [
+            self._collect(i, ref, lo, hi, values, mask, step_ts)
+            for i, (ref, (lo, hi)) in enumerate(zip(refs, chunks, strict=True))
+        ]
         return np.concatenate(parts, axis=0)
 
-    def _submit(self, i: int, lo: int, hi: int, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> Any:
+    def _submit(
+        self, i: int, lo: int, hi: int, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
+    ) -> Any:
         return self.actors[i].forecast.remote(values[lo:hi], mask[lo:hi], step_ts[lo:hi])
 
     def _collect(self, i: int, ref: Any, lo: int, hi: int, values: np.ndarray, mask: np.ndarray,
@@ -88,14 +93,19 @@ class Dispatcher:
                 if version == self.version:
                     self.last_infer_ms = infer_ms
                     return np.asarray(out)
-                log.warning("actor answered with another version; reloading", extra={"got": version, "want": self.version})
+                log.warning(
+                    "actor answered with another version; reloading",
+                    extra={"got": version, "want": self.version},
+                )
                 ray.get(self.actors[i].load.remote(self.spec.ref), timeout=self.retry_deadline_s)
             except _ACTOR_ERRORS as exc:
                 if time.monotonic() + delay > deadline:
                     raise ForecastUnavailable(
                         f"forecaster actor {i} unavailable for {self.retry_deadline_s:.0f} s: {exc}"
                     ) from exc
-                log.warning("forecaster actor failed; re-sending", extra={"actor": i, "error": type(exc).__name__})
+                log.warning(
+                    "forecaster actor failed; re-sending", extra={"actor": i, "error": type(exc).__name__}
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
             self.retries += 1

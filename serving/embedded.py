@@ -82,7 +82,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+def _wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen[bytes], log_path: Path
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

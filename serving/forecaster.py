@@ -73,7 +73,9 @@ class Forecaster:
             "spec": self.spec,
         }
 
-    def forecast(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> tuple[np.ndarray, str, float]:
+    def forecast(
+        self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
+    ) -> tuple[np.ndarray, str, float]:
         """values, mask: [B, window, N, F]; step_ts: [B, window]. Returns ([B, H, N, out], version, ms)."""
         t0 = time.perf_counter()
         out = self.predictor.predict(values, mask, step_ts)  # [B, H, N, out]

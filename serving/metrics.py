@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -25,7 +25,9 @@ class _LedgerCollector(Collector):
     def collect(self) -> Iterator[Any]:
         snap = self._snapshot()
         readings = CounterMetricFamily(
-            "sensorcast_readings", "Readings received and where they ended, per partition", labels=["partition", "outcome"]
+            "sensorcast_readings",
+            "Readings received and where they ended, per partition",
+            labels=["partition", "outcome"],
         )
         dead = CounterMetricFamily(
             "sensorcast_dead_letters", "Dead-lettered readings by reason", labels=["reason"]
@@ -44,7 +46,9 @@ class ServeMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.steps_sealed = Counter("sensorcast_steps_sealed", "Sealed steps archived", registry=r)
-        self.steps_forecast = Counter("sensorcast_steps_forecast", "Steps whose forecast reached Redis", registry=r)
+        self.steps_forecast = Counter(
+            "sensorcast_steps_forecast", "Steps whose forecast reached Redis", registry=r
+        )
         self.inference_seconds = Histogram(
             "sensorcast_inference_seconds", "Model time per actor call", buckets=LATENCY_BUCKETS_S, registry=r
         )
@@ -54,14 +58,26 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.consumer_lag = Gauge("sensorcast_consumer_lag", "Messages behind the high-water mark", ["partition"], registry=r)
+        self.consumer_lag = Gauge(
+            "sensorcast_consumer_lag", "Messages behind the high-water mark", ["partition"], registry=r
+        )
         self.watermark = Gauge("sensorcast_watermark_ms", "Network watermark (epoch ms)", registry=r)
-        self.last_sealed = Gauge("sensorcast_last_sealed_step_ms", "Newest sealed step (epoch ms)", registry=r)
-        self.online_mae = Gauge("sensorcast_online_mae", "Rolling online MAE by horizon step", ["horizon"], registry=r)
-        self.online_rmse = Gauge("sensorcast_online_rmse", "Rolling online RMSE by horizon step", ["horizon"], registry=r)
-        self.model_version = Gauge("sensorcast_model_info", "Serving model version (value 1)", ["version"], registry=r)
+        self.last_sealed = Gauge(
+            "sensorcast_last_sealed_step_ms", "Newest sealed step (epoch ms)", registry=r
+        )
+        self.online_mae = Gauge(
+            "sensorcast_online_mae", "Rolling online MAE by horizon step", ["horizon"], registry=r
+        )
+        self.online_rmse = Gauge(
+            "sensorcast_online_rmse", "Rolling online RMSE by horizon step", ["horizon"], registry=r
+        )
+        self.model_version = Gauge(
+            "sensorcast_model_info", "Serving model version (value 1)", ["version"], registry=r
+        )
         self.redis_retries = Counter("sensorcast_redis_retries", "Redis write retries", registry=r)
-        self.actor_retries = Counter("sensorcast_actor_retries", "Forecast calls re-sent after an actor failure", registry=r)
+        self.actor_retries = Counter(
+            "sensorcast_actor_retries", "Forecast calls re-sent after an actor failure", registry=r
+        )
         self._version: str | None = None
 
     def attach_ledger(self, snapshot: Callable[[], dict[str, Any]]) -> None:

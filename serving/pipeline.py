@@ -31,7 +31,8 @@ from stream.archive import Archive
 from stream.ingest import Ingestor
 from stream.kafka_io import DeadLetterProducer, IngestConsumer, ensure_topics
 from stream.network import Network
-from stream.window import RollingWindow, SealedStep
+from stream.rolling import RollingWindow
+from stream.window import SealedStep
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class ServePipeline:
         )  # fmt: skip
         self.sink.publish_network()
         actors = self._actors or [
-            make_actor(s.ray, self.spec, self.network, self.window, self.horizon) for _ in range(s.ray.replicas)
+            make_actor(s.ray, self.spec, self.network, self.window, self.horizon)
+            for _ in range(s.ray.replicas)
         ]
         self.dispatcher = Dispatcher(actors, self.spec)
         self.metrics.set_version(self.dispatcher.start())
@@ -147,7 +149,9 @@ class ServePipeline:
         assert self.redis is not None
         raw = self.redis.hget(self.keys.latest_meta, "step_ts")
         last_done = int(raw) if raw is not None else None
-        back = self.window + (0 if last_done is None else max(0, (resume - last_done) // self.network.step_ms))
+        back = self.window + (
+            0 if last_done is None else max(0, (resume - last_done) // self.network.step_ms)
+        )
         back = min(back, self.window + self.settings.redis.stream_maxlen)
         step_ts, values, mask = self.archive.read(start_ms=resume - (back - 1) * self.network.step_ms)
         pending = _Pending()
@@ -188,9 +192,9 @@ class ServePipeline:
             n = self._forecast(pending)
         if offsets:
             self.consumer.commit(offsets)
-        wm = getattr(self.ingestor, "watermark", None)
+        wm = self.ingestor.windower.watermark()
         if wm is not None:
-            self.metrics.watermark.set(wm() if callable(wm) else wm)
+            self.metrics.watermark.set(wm)
         return n
 
     def _forecast(self, pending: _Pending) -> int:

@@ -66,7 +66,9 @@ def connect(settings: RedisSettings, url: str | None = None) -> redis.Redis:
     target = url or (settings.url.get_secret_value() if settings.url else None)
     if not target:
         raise ValueError("no Redis URL configured — pass --redis-url redis://HOST:PORT/0 or use the demo")
-    return redis.Redis.from_url(target, socket_timeout=5, socket_connect_timeout=5, **settings.client_options())
+    return redis.Redis.from_url(
+        target, socket_timeout=5, socket_connect_timeout=5, **settings.client_options()
+    )
 
 
 @dataclass
@@ -106,7 +108,9 @@ class RedisSink:
         self.retries = 0
 
     def publish_network(self) -> None:
-        self._retrying(lambda: self.client.set(self.keys.sensors, orjson.dumps(list(self.sensors)), ex=self.ttl_s))
+        self._retrying(
+            lambda: self.client.set(self.keys.sensors, orjson.dumps(list(self.sensors)), ex=self.ttl_s)
+        )
 
     def write(self, fc: StepForecast) -> bool:
         """Write one step; returns False when this (version, step) was already written."""

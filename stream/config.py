@@ -55,7 +55,9 @@ class WindowSettings(BaseModel):
     window: int = Field(default=12, ge=1, description="input steps per forecast window")
     horizon: int = Field(default=12, ge=1, description="output steps per forecast")
     allowed_lateness_ms: int = Field(default=60_000, ge=0)
-    idle_timeout_ms: int = Field(default=30_000, ge=0, description="a silent partition stops holding the watermark")
+    idle_timeout_ms: int = Field(
+        default=30_000, ge=0, description="a silent partition stops holding the watermark"
+    )
     agg: Literal["mean", "last", "max", "min", "median"] = "mean"
 
 

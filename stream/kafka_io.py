@@ -9,6 +9,7 @@ Lag comes from `consumer.highwater()`, because Tansu answers `end_offsets()` too
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,7 +31,9 @@ class BrokerUnavailable(RuntimeError):
 
 def _bootstrap(settings: KafkaSettings) -> str:
     if not settings.bootstrap:
-        raise BrokerUnavailable("no Kafka bootstrap address configured — pass --bootstrap HOST:PORT or use the demo")
+        raise BrokerUnavailable(
+            "no Kafka bootstrap address configured — pass --bootstrap HOST:PORT or use the demo"
+        )
     return settings.bootstrap
 
 
@@ -56,10 +59,8 @@ def ensure_topics(settings: KafkaSettings, topics: Mapping[str, int]) -> None:
         existing = set(admin.list_topics())
         new = [NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another client created it meanwhile
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 
@@ -120,13 +121,17 @@ class ReadingProducer:
             if idx.size == 0:
                 continue
             cols = {
-                feats[k]: [float(v) if p else None for v, p in zip(values[idx, k], present[idx, k], strict=True)]
+                feats[k]: [
+                    float(v) if p else None for v, p in zip(values[idx, k], present[idx, k], strict=True)
+                ]
                 for k in range(len(feats))
             }
             self.send_raw(encode_batch(ts, [sensors[i] for i in idx], cols), partition=part)
             self.sent += int(present[idx].sum())
 
-    def send_raw(self, value: bytes | None, *, key: bytes | None = None, partition: int | None = None) -> None:
+    def send_raw(
+        self, value: bytes | None, *, key: bytes | None = None, partition: int | None = None
+    ) -> None:
         """Send bytes as they are (replay of garbage for tests, or other producers' formats)."""
         self._producer.send(self.topic, value=value, key=key, partition=partition)
 
@@ -157,7 +162,10 @@ class DeadLetterProducer:
         from kafka import KafkaProducer
 
         self._producer = KafkaProducer(
-            bootstrap_servers=_bootstrap(self.settings), acks="all", linger_ms=2, **self.settings.client_options()
+            bootstrap_servers=_bootstrap(self.settings),
+            acks="all",
+            linger_ms=2,
+            **self.settings.client_options(),
         )
         return self
 

@@ -136,7 +136,9 @@ class Network:
                 features=features,
                 step_ms=int(data.get("step_ms", 300_000)),
                 coords=tuple((float(c[0]), float(c[1])) for c in coords) if coords is not None else None,
-                edges=tuple((int(e[0]), int(e[1]), float(e[2]) if len(e) > 2 else 1.0) for e in data.get("edges", ())),
+                edges=tuple(
+                    (int(e[0]), int(e[1]), float(e[2]) if len(e) > 2 else 1.0) for e in data.get("edges", ())
+                ),
             )
         except (KeyError, TypeError, IndexError) as exc:
             raise NetworkError(f"network definition is missing or mistypes a field: {exc!r}") from exc

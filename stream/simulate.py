@@ -20,7 +20,9 @@ DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 
 
-def simulated_network(n_sensors: int = 20, *, name: str = "sim", step_ms: int = 300_000, seed: int = 0) -> Network:
+def simulated_network(
+    n_sensors: int = 20, *, name: str = "sim", step_ms: int = 300_000, seed: int = 0
+) -> Network:
     """A ring road with a few chords: sensor i flows into i+1; coordinates on a circle (lon/lat-like)."""
     if n_sensors < 2:
         raise ValueError("a simulated network needs at least 2 sensors")
@@ -64,7 +66,7 @@ class Simulator:
         self.noise_state = np.zeros(n)  # [N]
         self.incident_left = np.zeros(n, dtype=np.int64)  # [N] steps an incident still lasts
         self.regime = 0
-        self._sector = np.arange(n) < int(round(self.config.regime_sector * n))  # [N] bool
+        self._sector = np.arange(n) < round(self.config.regime_sector * n)  # [N] bool
         upstream = [[] for _ in range(n)]  # type: list[list[int]]
         for a, b, _ in network.edges:
             upstream[b].append(a)

@@ -1,0 +1,236 @@
+"""The `sensorcast` command line (typer + rich) — the composition root that wires Kafka, Ray and Redis.
+
+`demo` runs everything on this machine (embedded broker and Redis, local Ray, the simulator); `serve`
+runs ingest + forecaster actors + sink against configured servers; `simulate` only produces readings.
+`--bootstrap`, `--redis-url` and `--ray-address` point any command at existing servers instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from serving import logs
+from serving.config import Settings, load_settings
+from serving.embedded import EmbeddedRuntime, rss_mb
+from serving.forecaster import ModelSpec
+from stream.network import Network
+from stream.simulate import simulated_network
+
+app = typer.Typer(help="sensorcast: streaming forecasts for sensor networks.", no_args_is_help=True)
+console = Console()
+log = logging.getLogger("sensorcast")
+
+Bootstrap = Annotated[
+    str | None, typer.Option("--bootstrap", help="Kafka host:port; default: embedded Tansu")
+]
+RedisUrl = Annotated[str | None, typer.Option("--redis-url", help="redis://host:port/db; default: embedded")]
+RayAddress = Annotated[str | None, typer.Option("--ray-address", help="existing Ray cluster; default: local")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+
+
+def _settings(config: Path | None, bootstrap: str | None, redis_url: str | None, ray_address: str | None,
+              **sections: dict[str, Any]) -> Settings:  # fmt: skip
+    return load_settings(
+        config,
+        kafka={"bootstrap": bootstrap, **sections.pop("kafka", {})},
+        redis={"url": redis_url},
+        ray={"address": ray_address},
+        **sections,
+    )
+
+
+@contextlib.contextmanager
+def runtime(settings: Settings, *, need_kafka: bool = True, need_redis: bool = True) -> Iterator[Settings]:
+    """Start embedded servers for whatever the settings leave unset; yield settings pointing at them."""
+    want_kafka = need_kafka and not settings.kafka.bootstrap
+    want_redis = need_redis and settings.redis.url is None
+    if not (want_kafka or want_redis):
+        yield settings
+        return
+    with EmbeddedRuntime(kafka=want_kafka, redis=want_redis) as rt:
+        data = settings.model_dump()
+        if want_kafka:
+            data["kafka"]["bootstrap"] = rt.bootstrap
+        if want_redis:
+            data["redis"]["url"] = rt.redis_url
+        log.info(
+            "embedded runtime",
+            extra={"bootstrap": rt.bootstrap, "redis": rt.redis_url, "rss_mb": rt.memory_rss_mb()},
+        )
+        yield Settings.model_validate(data)
+
+
+@contextlib.contextmanager
+def ray_session(settings: Settings) -> Iterator[None]:
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=settings.ray.address, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # fmt: skip
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _network(settings: Settings, sensors: int) -> Network:
+    if settings.network_file is not None:
+        return Network.load(settings.network_file)
+    return simulated_network(sensors)
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="seconds to run (0 = until Ctrl-C)")] = 60.0,
+    sensors: Annotated[int, typer.Option(help="simulated sensors")] = 20,
+    speed: Annotated[
+        float, typer.Option(help="simulated time per real time (300: a 5-min step per second)")
+    ] = 300.0,
+    model: Annotated[
+        str, typer.Option(help="baseline:persistence or a checkpoint path")
+    ] = "baseline:persistence",
+    data_dir: Annotated[Path, typer.Option(help="archive and registry root")] = Path("sensorcast-data/demo"),
+    show: Annotated[int, typer.Option(help="sensors shown in the live table")] = 8,
+    bootstrap: Bootstrap = None,
+    redis_url: RedisUrl = None,
+    ray_address: RayAddress = None,
+    config: ConfigFile = None,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Run the whole path locally: simulator → Kafka → windows → Ray actor → Redis, with a live table."""
+    from serving.live import LiveView
+    from serving.pipeline import ServePipeline
+    from stream.produce import run_simulation
+
+    logs.configure(log_level)
+    t_start = time.monotonic()
+    settings = _settings(config, bootstrap, redis_url, ray_address, archive={"root": data_dir / "archive"})
+    with runtime(settings) as settings, ray_session(settings):
+        if not bootstrap and settings.archive.root.exists():
+            shutil.rmtree(settings.archive.root)  # the embedded broker starts empty: so must the archive
+        network = _network(settings, sensors)
+        pipeline = ServePipeline(settings, network, ModelSpec(model), client_id="sensorcast-demo")
+        stop = threading.Event()
+        sim_error: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                start = time.time_ns() // 1_000_000 - (settings.window.window + 2) * network.step_ms
+                run_simulation(settings.kafka, network, speed=speed, start_ts=start,
+                               backfill_steps=settings.window.window + 2, stop=stop)  # fmt: skip
+            except BaseException as exc:  # surfaced in the main thread
+                sim_error.append(exc)
+                stop.set()
+
+        pipeline.start(serve_metrics=True)
+        producer = threading.Thread(target=produce, name="simulator", daemon=True)
+        producer.start()
+        view = LiveView(console, pipeline, show=show, started=t_start)
+        try:
+            with view:
+                pipeline.run(duration_s=duration or None, stop=stop, on_cycle=view.update)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]")
+        finally:
+            stop.set()
+            producer.join(timeout=10)
+            pipeline.close()
+        if sim_error:
+            raise sim_error[0]
+        view.summary(extra={"embedded_rss_mb": _embedded_rss(), "driver_rss_mb": round(rss_mb(), 1)})
+
+
+def _embedded_rss() -> dict[str, float]:
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            name = proc.name()
+            if name in ("tansu", "redis-server", "valkey-server"):
+                out[name] = round(proc.memory_info().rss / 2**20, 1)
+    return out
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str, typer.Option(help="baseline:persistence, or a checkpoint path")
+    ] = "baseline:persistence",
+    sensors: Annotated[int, typer.Option(help="simulated network size when no --network file is given")] = 20,
+    network_file: Annotated[Path | None, typer.Option("--network", help="network TOML/JSON")] = None,
+    duration: Annotated[float, typer.Option(help="seconds to run (0 = until Ctrl-C)")] = 0.0,
+    bootstrap: Bootstrap = None,
+    redis_url: RedisUrl = None,
+    ray_address: RayAddress = None,
+    config: ConfigFile = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Ingest readings, forecast every sealed step with Ray actors, write forecasts to Redis."""
+    from serving.pipeline import ServePipeline
+
+    logs.configure(log_level)
+    settings = _settings(config, bootstrap, redis_url, ray_address)
+    if network_file is not None:
+        settings = settings.model_copy(update={"network_file": network_file})
+    with runtime(settings) as settings, ray_session(settings):
+        network = _network(settings, sensors)
+        pipeline = ServePipeline(settings, network, ModelSpec(model)).start(serve_metrics=True)
+        console.print(f"serving {network.name} ({network.n_sensors} sensors) from {settings.kafka.bootstrap}, "
+                      f"metrics on :{pipeline.metrics_port}")  # fmt: skip
+        try:
+            pipeline.run(duration_s=duration or None)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            pipeline.close()
+
+
+@app.command()
+def simulate(
+    sensors: Annotated[int, typer.Option(help="simulated sensors")] = 20,
+    speed: Annotated[float, typer.Option(help="multiple of real time; 0 = as fast as possible")] = 300.0,
+    steps: Annotated[int, typer.Option(help="steps to publish (0 = until Ctrl-C)")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="batch or single")] = "batch",
+    regime_at: Annotated[int | None, typer.Option(help="switch to the drift regime at this step")] = None,
+    seed: int = 0,
+    bootstrap: Bootstrap = None,
+    config: ConfigFile = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Publish the synthetic network's readings to Kafka (needs --bootstrap or a configured broker)."""
+    from stream.kafka_io import ensure_topics
+    from stream.produce import run_simulation
+
+    logs.configure(log_level)
+    settings = _settings(config, bootstrap, None, None)
+    if not settings.kafka.bootstrap:
+        raise typer.BadParameter("simulate publishes to an existing broker: pass --bootstrap HOST:PORT")
+    network = _network(settings, sensors)
+    ensure_topics(settings.kafka, {settings.kafka.readings_topic: settings.kafka.partitions})
+    start = time.time_ns() // 1_000_000
+    try:
+        stats = run_simulation(settings.kafka, network, speed=speed, start_ts=start, n_steps=steps or None,
+                               seed=seed, fmt=fmt, regime_at_step=regime_at)  # fmt: skip
+    except KeyboardInterrupt:
+        return
+    console.print(
+        f"published {stats.steps} steps, {stats.readings} readings to {settings.kafka.readings_topic}"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
