@@ -1,0 +1,176 @@
+"""The Parquet archive: round trip, idempotent appends, restart, crash safety, the late log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from stream.archive import Archive
+from stream.network import Network
+from stream.window import LateReading, SealedStep
+
+STEP = 300_000
+DAY = 86_400_000
+T0 = 1_700_000_000_000 // DAY * DAY + DAY - 10 * STEP  # ten steps before a UTC midnight
+NET = Network.simple("arch", 4, ["speed", "flow"], step_ms=STEP)
+
+
+def steps(n: int, start: int = T0, seed: int = 0) -> list[SealedStep]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        values = rng.normal(50, 10, (4, 2)).astype(np.float32)  # [N, F]
+        values[0, 1] = np.nan  # never observed
+        mask = (rng.random((4, 2)) > 0.3).astype(np.uint8)
+        mask[0, 1] = 0
+        out.append(SealedStep(start + i * STEP, values, mask, int(mask.sum())))
+    return out
+
+
+def test_round_trip_in_network_order_and_day_partitions(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, NET)
+    assert archive.last_step() is None
+    data = steps(25)
+    archive.append(data)
+    ts, values, mask = archive.read()
+    assert ts.dtype == np.int64 and values.dtype == np.float32 and mask.dtype == np.uint8
+    assert ts.tolist() == [s.step_ts for s in data]
+    assert values.shape == (25, 4, 2)  # [T, N, F]
+    assert np.array_equal(values, np.stack([s.values for s in data]), equal_nan=True)
+    assert np.array_equal(mask, np.stack([s.mask for s in data]))
+    days = sorted(p.parent.name for p in (tmp_path / "steps").rglob("part-*.parquet"))
+    assert len(days) == 2 and days[0] < days[1] and all(d.startswith("date=") for d in days)
+    # a time range, end exclusive
+    ts, values, _ = archive.read(data[5].step_ts, data[12].step_ts)
+    assert ts.tolist() == [s.step_ts for s in data[5:12]]
+    assert np.array_equal(values, np.stack([s.values for s in data[5:12]]), equal_nan=True)
+    assert archive.read(0, 1)[0].shape == (0,)
+
+
+def test_pandas_reads_the_long_format(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, NET)
+    data = steps(3)
+    archive.append(data)
+    frame = pd.read_parquet(tmp_path / "steps")
+    assert len(frame) == 3 * 4 * 2
+    assert {"step_ts", "sensor", "feature", "value", "observed"} <= set(frame.columns)
+    assert frame["step_ts"].dtype == np.int64 and frame["value"].dtype == np.float32
+    assert frame["observed"].dtype == bool
+    row = frame[(frame.step_ts == data[1].step_ts) & (frame.sensor == "s0002") & (frame.feature == "flow")]
+    assert row["value"].item() == data[1].values[2, 1]
+    assert row["observed"].item() == bool(data[1].mask[2, 1])
+
+
+def test_append_is_idempotent_and_last_step_survives_restart(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, NET)
+    data = steps(12)
+    archive.append(data[:8])
+    archive.append(data[:8])  # replayed after a crash
+    archive.append(data[5:12])  # overlapping: only 8..11 are new
+    archive.append([])
+    files = sorted((tmp_path / "steps").rglob("*.parquet"))
+    reopened = Archive(tmp_path, NET)
+    assert reopened.last_step() == data[-1].step_ts
+    reopened.append(data)
+    assert sorted((tmp_path / "steps").rglob("*.parquet")) == files
+    ts, values, _ = reopened.read()
+    assert ts.tolist() == [s.step_ts for s in data]
+    assert np.array_equal(values, np.stack([s.values for s in data]), equal_nan=True)
+
+
+def test_network_changes_are_tolerated_on_read(tmp_path: Path) -> None:
+    Archive(tmp_path, NET).append(steps(2))
+    grown = Network.simple("arch", ["s0003", "s0000", "new"], ["flow", "speed", "occ"], step_ms=STEP)
+    _, values, mask = Archive(tmp_path, grown).read()
+    original = np.stack([s.values for s in steps(2)])
+    assert values.shape == (2, 3, 3)
+    assert np.array_equal(values[:, 0, 1], original[:, 3, 0])  # s0003 speed
+    assert np.isnan(values[:, 2]).all() and mask[:, 2].sum() == 0
+
+
+def test_leftover_temp_file_is_invisible_and_cleaned(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, NET)
+    archive.append(steps(3))
+    day = next((tmp_path / "steps").iterdir())
+    tmp = day / ".part-1-2.parquet.dead.tmp"
+    tmp.write_bytes(b"PAR1 half a file")  # what a crash mid-write leaves
+    assert len(pd.read_parquet(tmp_path / "steps")) == 3 * 8
+    reopened = Archive(tmp_path, NET)
+    assert not tmp.exists()
+    assert reopened.last_step() == steps(3)[-1].step_ts
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from stream.archive import Archive
+    from stream.network import Network
+    from stream.window import SealedStep
+    net = Network.simple("arch", 200, ["speed", "flow"], step_ms=300_000)
+    archive = Archive(sys.argv[1], net)
+    t = 1_700_000_000_000 // 300_000 * 300_000
+    print("ready", flush=True)
+    for i in range(100_000):
+        s = SealedStep(t + i * 300_000, np.full((200, 2), i, np.float32), np.ones((200, 2), np.uint8), 400)
+        archive.append([s])
+    """
+)
+
+
+def test_crash_mid_append_never_leaves_a_partial_file(tmp_path: Path) -> None:
+    """SIGKILL a writer at random moments; every visible file must be whole and consistent."""
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        time.sleep(float(rng.uniform(0.05, 0.4)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        for path in (tmp_path / "steps").rglob("part-*.parquet"):
+            assert pq.read_table(path).num_rows % 400 == 0  # readable, whole steps
+        archive = Archive(tmp_path, Network.simple("arch", 200, ["speed", "flow"], step_ms=STEP))
+        assert not list((tmp_path / "steps").rglob(".*.tmp"))
+        ts, values, _ = archive.read()
+        if len(ts):
+            assert np.all(np.diff(ts) == STEP)  # restarts resumed after last_step: no holes, no repeats
+            assert np.array_equal(values[:, 0, 0], np.arange(len(ts), dtype=np.float32))
+
+
+def test_late_log_round_trip(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, NET)
+    assert list(archive.read_late().columns) == [
+        "sensor",
+        "feature",
+        "ts",
+        "value",
+        "step_ts",
+        "partition",
+        "offset",
+    ]
+    late = [
+        LateReading(1, 0, T0 + 5, 3.5, T0, 0, 11),
+        LateReading(3, 1, T0 + 11 * STEP + 1, 7.0, T0 + 11 * STEP, 2, 12),  # next UTC day
+    ]
+    archive.append_late(late)
+    archive.append_late([LateReading(0, 0, T0 + 7, 1.0, T0, 1, 5)])
+    archive.append_late([])
+    frame = archive.read_late()
+    assert frame["sensor"].tolist() == ["s0001", "s0000", "s0003"]
+    assert frame["feature"].tolist() == ["speed", "speed", "flow"]
+    assert frame["ts"].tolist() == [T0 + 5, T0 + 7, T0 + 11 * STEP + 1]
+    assert frame["value"].tolist() == [3.5, 1.0, 7.0]
+    assert frame["offset"].tolist() == [11, 5, 12]
+    assert frame["partition"].tolist() == [0, 1, 2]
