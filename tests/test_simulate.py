@@ -23,7 +23,7 @@ def test_deterministic_per_seed_and_plausible() -> None:
     np.testing.assert_array_equal(a_pres, b_pres)
     assert not np.allclose(a_vals, c_vals)
     assert a_vals.shape == (288, 30, 1)
-    assert 1.0 <= a_vals.min() and a_vals.max() <= 110.0
+    assert a_vals.min() >= 1.0 and a_vals.max() <= 110.0
     assert 0.005 < 1 - a_pres.mean() < 0.05  # about 2 % dropouts
     hourly = a_vals[:, :, 0].mean(axis=1).reshape(24, 12).mean(axis=1)  # [24] mean speed per hour
     assert hourly[8] < hourly[3] - 3  # morning rush is slower than the night
