@@ -1,12 +1,11 @@
-"""The serving loop: Kafka readings → sealed steps (archived) → rolling windows → forecaster actors →
-Redis, with offsets committed only once everything below them is durable and forecast.
+"""The serving loop: `stream.consume.IngestService` (Kafka → sealed, archived steps) → rolling windows →
+forecaster actors → Redis, with offsets committed only once everything below them is archived *and*
+forecast in Redis (the forecast runs inside the ingest service's `on_sealed` hook, before its commit).
 
-One poll cycle: decode and window every record polled, dead-letter the bad ones (flushed), write late
-readings to the late log and sealed steps to the archive, forecast every newly complete window in one
-micro-batch, write each step's forecast to Redis, then commit the offsets the ingest core allows.
-A crash anywhere before the commit replays harmlessly: the archive skips steps it has, and Redis writes
-are idempotent per (model version, step). On start the rolling window is refilled from the archive and
-archived steps that never reached Redis are forecast again.
+Every newly complete window of a poll cycle goes to the actors in one micro-batch. A crash anywhere before
+the commit replays harmlessly: the archive skips steps it has, and Redis writes are idempotent per (model
+version, step). On start the rolling window is refilled from the archive and archived steps whose
+forecast never reached Redis are forecast again.
 """
 
 from __future__ import annotations
@@ -28,17 +27,12 @@ from serving.keys import Keys
 from serving.metrics import ServeMetrics
 from serving.sink import RedisSink, StepForecast, connect
 from stream.archive import Archive
-from stream.ingest import Ingestor
-from stream.kafka_io import DeadLetterProducer, IngestConsumer, ensure_topics
+from stream.consume import IngestService, wall_ms
 from stream.network import Network
 from stream.rolling import RollingWindow
 from stream.window import SealedStep
 
 log = logging.getLogger(__name__)
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -75,31 +69,32 @@ class ServePipeline:
         self.settings = settings
         self.network = network
         self.spec = spec
-        self.now = now
-        self.client_id = client_id
         self.window = settings.window.window
         self.horizon = settings.window.horizon
         self.keys = Keys(settings.redis.key_prefix, network.name)
         self.metrics = ServeMetrics()
         self._actors = actors
-        self.consumer: IngestConsumer | None = None
-        self.dead_letters: DeadLetterProducer | None = None
+        self.archive = Archive(settings.archive.root, network)
+        self.ingest = IngestService(
+            settings.kafka, settings.window, self.archive, network, now=now, client_id=client_id
+        )
         self.sink: RedisSink | None = None
         self.redis: redis.Redis | None = None
         self.dispatcher: Dispatcher | None = None
-        self.ingestor: Ingestor | None = None
-        self.archive = Archive(settings.archive.root, network)
         self.rolling = RollingWindow(network, self.window)
         self.steps_forecast = 0
         self.metrics_port: int | None = None
 
+    @property
+    def ingestor(self) -> Any:
+        return self.ingest.ingestor
+
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, *, serve_metrics: bool = False) -> ServePipeline:
         s = self.settings
-        ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
         self.redis = connect(s.redis)
         self.sink = RedisSink(
-            self.redis, self.keys, sensors=self.network.sensors, features=self._out_features(),
+            self.redis, self.keys, sensors=self.network.sensors, features=self.network.feature_names,
             step_ms=self.network.step_ms, ttl_s=s.redis.ttl_s, stream_maxlen=s.redis.stream_maxlen,
         )  # fmt: skip
         self.sink.publish_network()
@@ -109,37 +104,18 @@ class ServePipeline:
         ]
         self.dispatcher = Dispatcher(actors, self.spec)
         self.metrics.set_version(self.dispatcher.start())
-        resume = self.archive.last_step()
-        self.ingestor = Ingestor(
-            self.network,
-            allowed_lateness_ms=s.window.allowed_lateness_ms,
-            idle_timeout_ms=s.window.idle_timeout_ms,
-            agg=s.window.agg,
-            now=self.now,
-            resume_after_step=resume,
-            source_topic=s.kafka.readings_topic,
-        )
-        self.metrics.attach_ledger(self.ingestor.ledger.snapshot)
-        self._recover(resume)
-        self.dead_letters = DeadLetterProducer(s.kafka).start()
-        self.consumer = IngestConsumer(s.kafka, client_id=self.client_id).start()
+        self.ingest.start()
+        self.metrics.attach_ledger(self.ingest.ingestor.ledger.snapshot)
+        self._recover(self.ingest.resumed_after)
         if serve_metrics:
             self.metrics_port = self.metrics.serve(s.metrics.port, s.metrics.host)
         log.info("serving", extra={"network": self.network.name, "version": self.dispatcher.version,
-                                   "resume_after_step": resume, "devices": self.dispatcher.devices()})  # fmt: skip
+                                   "resume_after_step": self.ingest.resumed_after,
+                                   "devices": self.dispatcher.devices()})  # fmt: skip
         return self
 
     def close(self) -> None:
-        for closer in (self.consumer, self.dead_letters):
-            if closer is not None:
-                try:
-                    closer.close()
-                except Exception:  # closing must not hide the error that brought us here
-                    log.exception("error while closing")
-        self.consumer = self.dead_letters = None
-
-    def _out_features(self) -> tuple[str, ...]:
-        return self.network.feature_names  # baselines and models forecast every feature by default
+        self.ingest.close()
 
     # -- recovery --------------------------------------------------------------------------------------
     def _recover(self, resume: int | None) -> None:
@@ -166,36 +142,29 @@ class ServePipeline:
     # -- the loop --------------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 200) -> int:
         """One cycle; returns the number of steps forecast."""
-        assert self.consumer and self.ingestor and self.dead_letters
-        dead = []
-        for rec in self.consumer.poll(timeout_ms):
-            dead.extend(self.ingestor.ingest(rec.partition, rec.offset, rec.value))
-        sealed = self.ingestor.seal()
-        offsets = self.ingestor.committable()
-        if dead:
-            self.dead_letters.send(dead)
-            self.dead_letters.flush()
-        late = self.ingestor.take_late()
-        if len(late):
-            self.archive.append_late(late)
-        n = 0
-        if sealed:
-            self.archive.append(sealed)
-            self.metrics.steps_sealed.inc(len(sealed))
-            self.metrics.last_sealed.set(sealed[-1].step_ts)
-            sealed_at = time.monotonic()
-            pending = _Pending()
-            for step in sealed:
-                self.rolling.push(step)
-                if self.rolling.ready:
-                    pending.add(self.rolling, step.step_ts, sealed_at)
-            n = self._forecast(pending)
-        if offsets:
-            self.consumer.commit(offsets)
-        wm = self.ingestor.windower.watermark()
+        before = self.steps_forecast
+        self.ingest.poll_once(timeout_ms, on_sealed=self._on_sealed)
+        wm = self.ingest.ingestor.windower.watermark() if self.ingest.ingestor else None
         if wm is not None:
             self.metrics.watermark.set(wm)
-        return n
+        return self.steps_forecast - before
+
+    def drain(self) -> int:
+        """End of a finite stream: seal and forecast everything still open."""
+        before = self.steps_forecast
+        self.ingest.drain(on_sealed=self._on_sealed)
+        return self.steps_forecast - before
+
+    def _on_sealed(self, sealed: list[SealedStep]) -> None:
+        self.metrics.steps_sealed.inc(len(sealed))
+        self.metrics.last_sealed.set(sealed[-1].step_ts)
+        sealed_at = time.monotonic()
+        pending = _Pending()
+        for step in sealed:
+            self.rolling.push(step)
+            if self.rolling.ready:
+                pending.add(self.rolling, step.step_ts, sealed_at)
+        self._forecast(pending)
 
     def _forecast(self, pending: _Pending) -> int:
         if not pending.step_ts:
@@ -228,8 +197,7 @@ class ServePipeline:
                 on_cycle(self)
 
     def lag(self) -> dict[int, int]:
-        assert self.consumer is not None
-        lag = self.consumer.lag()
+        lag = self.ingest.lag()
         for part, value in lag.items():
             self.metrics.consumer_lag.labels(str(part)).set(value)
         return lag
