@@ -42,7 +42,7 @@ class HistoricalAverageConfig:
 
 
 class HistoricalAverage(nn.Module):
-    """The training mean of each sensor at the same step of the week (falls back to the sensor's mean)."""
+    """The training mean of each sensor at the same step of the week (else of the day, else overall)."""
 
     def __init__(self, config: HistoricalAverageConfig) -> None:
         super().__init__()
@@ -64,8 +64,15 @@ class HistoricalAverage(nn.Module):
         counts = np.zeros(tuple(self.table.shape))
         np.add.at(sums, slot, v * m)
         np.add.at(counts, slot, m)
+        # Fallbacks for slots the training data never saw: same time of day on any weekday, then overall.
+        spd = self.config.steps_per_day
+        day_sums = sums.reshape(7, spd, *sums.shape[1:]).sum(0)  # [spd, N, out]
+        day_counts = counts.reshape(7, spd, *counts.shape[1:]).sum(0)
         overall = (v * m).sum(0) / np.maximum(m.sum(0), 1)  # [N, out]
-        table = np.where(counts > 0, sums / np.maximum(counts, 1), overall[None])
+        by_day = np.where(
+            day_counts > 0, day_sums / np.maximum(day_counts, 1), overall[None]
+        )  # [spd, N, out]
+        table = np.where(counts > 0, sums / np.maximum(counts, 1), np.tile(by_day, (7, 1, 1)))  # [S, N, out]
         self.table.copy_(torch.from_numpy(table).float())
         return self
 

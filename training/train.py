@@ -1,0 +1,336 @@
+"""Training: one `train_func(config)` that runs plain (unit tests, benchmarks) or as a Ray Train worker.
+
+`train_func` loads the dataset, applies the field's protocol (chronological split, scaler fitted on train
+only), trains with a masked loss, early-stops on validation MAE (never on test), and has rank 0 write a
+self-describing checkpoint. `train_with_ray` runs the same function on N workers through `TorchTrainer`
+(DDP; CPU or GPU). Ray is imported only inside the Ray paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from stream.datasets import SensorDataset, load_dataset
+from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from training.data import DAY_MS, Protocol, WindowData, fit_scaler, protocol_for
+from training.model import PRESETS, AttentionSeq2Seq, Seq2SeqConfig, STFormer, STFormerConfig
+from training.scaler import StandardScaler
+
+MODEL_ALIASES = {"ha": "historical_average", "transformer": "stformer"}
+SEQ2SEQ_PRESETS: dict[str, dict[str, Any]] = {"small": {"hidden": 64}, "full": {"hidden": 128}}
+
+
+@dataclass
+class TrainConfig:
+    dataset: str
+    out: str
+    model: str = "stformer"  # seq2seq | stformer | persistence | ha
+    preset: str = "small"
+    overrides: dict[str, Any] = field(default_factory=dict)  # model config fields
+    window: int = 12
+    horizon: int | None = None  # None: the protocol's (12, or 7 for daily data)
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    loss: str = "mae"  # mae | mse | huber, on scaled values, missing targets excluded
+    patience: int = 10  # epochs without validation improvement before stopping
+    time_budget_s: float | None = None  # wall-clock limit for the training loop
+    max_batches: int | None = None  # per epoch; for smoke tests
+    seed: int = 0
+    threads: int | None = None  # torch threads per worker
+    device: str | None = None  # plain runs only; Ray picks the worker's device
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(**{k: v for k, v in data.items() if not k.startswith("_")})
+
+
+def build_model(
+    kind: str, ds: SensorDataset, protocol: Protocol, preset: str, overrides: dict[str, Any]
+) -> nn.Module:
+    """A fresh model of `kind` sized for `ds` and `protocol` (baselines come fitted)."""
+    kind = MODEL_ALIASES.get(kind, kind)
+    common = dict(window=protocol.window, horizon=protocol.horizon, targets=protocol.targets)
+    if kind == "stformer":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}: expected one of {sorted(PRESETS)}")
+        spd = max(1, DAY_MS // ds.network.step_ms)
+        config = {**PRESETS[preset], **overrides}
+        return STFormer(
+            STFormerConfig(
+                n_nodes=ds.network.n_sensors,
+                in_features=ds.network.n_features,
+                steps_per_day=spd,
+                **common,
+                **config,
+            )
+        )
+    if kind == "seq2seq":
+        config = {**SEQ2SEQ_PRESETS[preset], **overrides}
+        return AttentionSeq2Seq(Seq2SeqConfig(in_features=ds.network.n_features, **common, **config))
+    if kind == "persistence":
+        return Persistence(PersistenceConfig(horizon=protocol.horizon, targets=protocol.targets))
+    if kind == "historical_average":
+        raise ValueError("historical_average is fitted, not built: use fit_historical_average")
+    raise ValueError(f"unknown model {kind!r}: expected seq2seq, stformer, persistence or ha")
+
+
+def _loss(kind: str, pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    err = pred - y  # [B, H, N, out]
+    if kind == "mae":
+        per = err.abs()
+    elif kind == "mse":
+        per = err**2
+    elif kind == "huber":
+        per = nn.functional.huber_loss(pred, y, reduction="none", delta=1.0)
+    else:
+        raise ValueError(f"unknown loss {kind!r}: expected mae, mse or huber")
+    return (per * mask).sum() / mask.sum().clamp(min=1)
+
+
+class _Dist:
+    """Rank, world size and collective ops; a single process when torch.distributed is not running."""
+
+    def __init__(self) -> None:
+        self.on = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+
+    def sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.on:
+            dist.all_reduce(t)
+        return t.tolist()
+
+
+@torch.no_grad()
+def _validate(
+    model: nn.Module,
+    data: WindowData,
+    starts: np.ndarray,
+    scaler: StandardScaler,
+    targets: tuple[int, ...],
+    device: torch.device,
+    batch_size: int,
+    d: _Dist,
+) -> float:
+    """Masked MAE in original units over `starts`, summed across workers."""
+    model.eval()
+    std = torch.tensor(scaler.std[list(targets)], dtype=torch.float32, device=device)
+    err, count = 0.0, 0.0
+    for i in range(0, len(starts), batch_size):
+        x, tf, m, y, ym = (t.to(device) for t in data.batch(starts[i : i + batch_size]))
+        pred = model(x, tf, m)  # [B, H, N, out]
+        err += float(((pred - y).abs() * std * ym).sum())
+        count += float(ym.sum())
+    err, count = d.sum([err, count])
+    model.train()
+    return err / max(count, 1.0)
+
+
+def fit_historical_average(
+    ds: SensorDataset, protocol: Protocol, scaler: StandardScaler
+) -> HistoricalAverage:
+    data = WindowData.build(ds, protocol, scaler)
+    start, end = protocol.train
+    model = HistoricalAverage(
+        HistoricalAverageConfig(
+            n_nodes=ds.network.n_sensors,
+            steps_per_day=max(1, DAY_MS // ds.network.step_ms),
+            horizon=protocol.horizon,
+            targets=protocol.targets,
+        )
+    )
+    x = data.x.numpy()[start:end].copy()
+    x[..., list(protocol.targets)] = data.y.numpy()[start:end]  # raw targets, not the filled inputs
+    return model.fit(x, data.time_features.numpy()[start:end], data.mask.numpy()[start:end])
+
+
+def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train one model per `TrainConfig` fields in `config`; returns a summary (rank 0 writes `out`)."""
+    cfg = TrainConfig.from_dict(config)
+    in_ray = bool(config.get("_ray"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    ds = load_dataset(cfg.dataset)
+    protocol = protocol_for(ds, window=cfg.window, horizon=cfg.horizon)
+    scaler = fit_scaler(ds, protocol)
+    kind = MODEL_ALIASES.get(cfg.model, cfg.model)
+    d = _Dist()
+    started = time.monotonic()
+    history: list[dict[str, Any]] = []
+    best_epoch, best_val, samples = 0, math.nan, 0
+    if kind in ("persistence", "historical_average"):
+        model: nn.Module = (
+            fit_historical_average(ds, protocol, scaler)
+            if kind == "historical_average"
+            else build_model(kind, ds, protocol, cfg.preset, cfg.overrides)
+        )
+        device = torch.device("cpu")
+        data = WindowData.build(ds, protocol, scaler)
+        best_val = _validate(model, data, protocol.starts("val"), scaler, protocol.targets, device, 64, d)
+        best_state = model.state_dict()
+    else:
+        model = build_model(kind, ds, protocol, cfg.preset, cfg.overrides)
+        if in_ray:
+            import ray.train.torch
+
+            device = ray.train.torch.get_device()
+            train_model = ray.train.torch.prepare_model(model)
+        else:
+            device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            train_model = model.to(device)
+        data = WindowData.build(ds, protocol, scaler)
+        val_starts = protocol.starts("val")[d.rank :: d.world]
+        opt = torch.optim.AdamW(train_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=0.5, patience=max(1, cfg.patience // 3)
+        )
+        best_state, best_val, stale = copy.deepcopy(model.state_dict()), math.inf, 0
+        train_s = 0.0
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.monotonic()
+            starts = np.random.default_rng(cfg.seed + epoch).permutation(protocol.starts("train"))
+            per_rank = len(starts) // d.world  # equal shards: DDP needs the same number of steps everywhere
+            starts = starts[d.rank * per_rank : (d.rank + 1) * per_rank]
+            batches = range(0, len(starts), cfg.batch_size)
+            if cfg.max_batches:
+                batches = batches[: cfg.max_batches]
+            total, count = 0.0, 0
+            train_model.train()
+            for i in batches:
+                x, tf, m, y, ym = (t.to(device) for t in data.batch(starts[i : i + cfg.batch_size]))
+                loss = _loss(cfg.loss, train_model(x, tf, m), y, ym)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(train_model.parameters(), 5.0)
+                opt.step()
+                total += loss.item() * len(x)
+                count += len(x)
+            train_s += time.monotonic() - t0
+            samples += count * d.world
+            val = _validate(model, data, val_starts, scaler, protocol.targets, device, 64, d)
+            sched.step(val)
+            if val < best_val:
+                best_val, best_epoch, stale = val, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+            elapsed = time.monotonic() - started
+            row = {
+                "epoch": epoch,
+                "train_loss": d.sum([total / max(count, 1)])[0] / d.world,
+                "val_mae": val,
+                "best_val_mae": best_val,
+                "lr": opt.param_groups[0]["lr"],
+                "elapsed_s": round(elapsed, 1),
+                "samples_per_s": samples / max(train_s, 1e-9),
+            }
+            history.append(row)
+            if in_ray:
+                import ray.train
+
+                ray.train.report(row)
+            if d.rank == 0 and log is not None:
+                log(row)
+            # Every worker must take the same decision, or DDP would wait forever for the missing ones.
+            out_of_time = cfg.time_budget_s is not None and elapsed + elapsed / epoch > cfg.time_budget_s
+            if d.sum([float(stale >= cfg.patience or out_of_time)])[0] > 0:
+                break
+        model.load_state_dict(best_state)
+    summary = {
+        "model": kind,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "val_mae": best_val,
+        "train_seconds": round(time.monotonic() - started, 1),
+        "samples_per_s": history[-1]["samples_per_s"] if history else 0.0,
+        "workers": d.world,
+    }
+    if d.rank == 0:
+        step_ts = ds.step_ts
+        ckpt = Checkpoint.from_model(
+            kind,
+            model.cpu(),
+            scaler=scaler,
+            network=ds.network,
+            targets=tuple(ds.network.feature_names[i] for i in protocol.targets),
+            window=protocol.window,
+            horizon=protocol.horizon,
+            data_range={
+                "dataset": Path(cfg.dataset).name,
+                "protocol": protocol.name,
+                "start_ms": int(step_ts[protocol.train[0]]),
+                "end_ms": int(step_ts[protocol.val[1] - 1]),
+                "train_steps": list(protocol.train),
+                "val_steps": list(protocol.val),
+            },
+            metrics={"val_mae": best_val},
+            extra={"train": {**summary, "config": asdict(cfg), "history": history}},
+        )
+        save_checkpoint(ckpt, cfg.out)
+        summary["checkpoint"] = str(cfg.out)
+        summary["version"] = ckpt.version
+    return summary
+
+
+def train_with_ray(
+    config: dict[str, Any], *, num_workers: int = 2, use_gpu: bool = False, cpus_per_worker: float = 0.5
+) -> dict[str, Any]:
+    """Run `train_func` on `num_workers` Ray Train workers (DDP); returns the summary of the checkpoint."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(include_dashboard=False, configure_logging=False)
+    try:
+        resources: dict[str, float] = {"CPU": cpus_per_worker}
+        if use_gpu:
+            resources["GPU"] = 1
+        trainer = TorchTrainer(
+            _ray_worker,
+            train_loop_config={**config, "_ray": True, "threads": config.get("threads") or 1},
+            scaling_config=ScalingConfig(
+                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            ),
+            run_config=RunConfig(name=f"sensorcast-{Path(config['out']).stem}", storage_path=_ray_storage()),
+        )
+        trainer.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    ckpt = load_checkpoint(config["out"])
+    return {**ckpt.extra["train"], "checkpoint": str(config["out"]), "version": ckpt.version}
+
+
+def _ray_worker(config: dict[str, Any]) -> None:
+    train_func(config, log=lambda row: print(_progress(row), flush=True))
+
+
+def _ray_storage() -> str:
+    import tempfile
+
+    return str(Path(tempfile.gettempdir()) / "sensorcast-ray-train")
+
+
+def _progress(row: dict[str, Any]) -> str:
+    return (
+        f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val MAE {row['val_mae']:.4f}  "
+        f"best {row['best_val_mae']:.4f}  {row['samples_per_s']:.0f} samples/s  {row['elapsed_s']:.0f} s"
+    )
