@@ -67,17 +67,22 @@ class Predictor:
         window: int = 12,
         horizon: int = 12,
         data: SensorDataset | None = None,
+        targets: tuple[str, ...] | None = None,
         device: str | None = None,
     ) -> Predictor:
-        """A persistence or historical-average predictor forecasting every feature of `network`.
+        """A persistence or historical-average predictor of the `targets` features (default: all).
 
         `historical_average` needs `data` (training steps) to fit its time-of-week table.
         """
-        targets = tuple(range(network.n_features))
+        names = targets or network.feature_names
+        unknown = [t for t in names if t not in network.feature_index]
+        if unknown:
+            raise PredictorError(f"features {unknown} are not in network {network.name!r}")
+        target_idx = tuple(network.feature_index[t] for t in names)
         scaler = StandardScaler.identity(network.n_features)
         model: nn.Module
         if kind == "persistence":
-            model = Persistence(PersistenceConfig(horizon=horizon, targets=targets))
+            model = Persistence(PersistenceConfig(horizon=horizon, targets=target_idx))
         elif kind == "historical_average":
             if data is None:
                 raise PredictorError(
@@ -91,7 +96,7 @@ class Predictor:
                     n_nodes=network.n_sensors,
                     steps_per_day=max(1, DAY_MS // network.step_ms),
                     horizon=horizon,
-                    targets=targets,
+                    targets=target_idx,
                 )
             ).fit(data.values, time_features(data.step_ts), data.mask)
         else:
@@ -100,7 +105,7 @@ class Predictor:
             model,
             network=network,
             scaler=scaler,
-            targets=targets,
+            targets=target_idx,
             window=window,
             horizon=horizon,
             version=f"baseline-{kind}",

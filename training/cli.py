@@ -1,0 +1,150 @@
+"""Training commands (`train`, `evaluate`, `explain`), merged by the lead into the `sensorcast` CLI.
+
+Thin: parses options, calls `training.train` / `training.evaluate` / `training.explain`, prints rich tables.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Train, evaluate and explain sensorcast forecasting models.", no_args_is_help=True)
+console = Console()
+
+
+class ModelKind(str, Enum):
+    seq2seq = "seq2seq"
+    stformer = "stformer"
+    persistence = "persistence"
+    ha = "ha"
+
+
+class Preset(str, Enum):
+    small = "small"
+    full = "full"
+
+
+DatasetOpt = Annotated[
+    Path, typer.Option("--dataset", help="dataset folder or file (PEMS, T-GCN, wide CSV, .h5)")
+]
+
+
+@app.command()
+def train(
+    dataset: DatasetOpt,
+    out: Annotated[Path, typer.Option("--out", help="checkpoint file to write")],
+    model: Annotated[ModelKind, typer.Option("--model")] = ModelKind.stformer,
+    preset: Annotated[Preset, typer.Option("--preset", help="small (CPU) or full (GPU)")] = Preset.small,
+    workers: Annotated[int, typer.Option("--workers", help="Ray Train workers; 0 = plain loop, no Ray")] = 2,
+    gpu: Annotated[bool, typer.Option("--gpu", help="one GPU per Ray worker")] = False,
+    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker")] = 0.5,
+    epochs: Annotated[int, typer.Option("--epochs")] = 100,
+    time_budget_min: Annotated[float | None, typer.Option("--time-budget-min")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    loss: Annotated[str, typer.Option("--loss", help="mae, mse or huber")] = "mae",
+    patience: Annotated[int, typer.Option("--patience")] = 10,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch threads per worker")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="model config field, e.g. --set residual=true")
+    ] = None,
+) -> None:
+    """Train a model by the dataset's protocol; prints progress, then the validation summary."""
+    from training.train import _progress, train_func, train_with_ray
+
+    config: dict[str, Any] = {
+        "dataset": str(dataset),
+        "out": str(out),
+        "model": model.value,
+        "preset": preset.value,
+        "epochs": epochs,
+        "time_budget_s": time_budget_min * 60 if time_budget_min else None,
+        "batch_size": batch_size,
+        "lr": lr,
+        "loss": loss,
+        "patience": patience,
+        "seed": seed,
+        "threads": threads,
+        "overrides": dict(_parse_override(o) for o in overrides or []),
+    }
+    baseline = model in (ModelKind.persistence, ModelKind.ha)
+    if workers > 0 and not baseline:
+        console.print(f"Ray Train: {workers} workers × {cpus_per_worker} CPU{' + 1 GPU' if gpu else ''}")
+        summary = train_with_ray(config, num_workers=workers, use_gpu=gpu, cpus_per_worker=cpus_per_worker)
+    else:
+        summary = train_func(config, log=lambda row: console.print(_progress(row)))
+    console.print(
+        f"[bold]{summary['version']}[/] → {out}: best val MAE {summary['val_mae']:.4f} at epoch "
+        f"{summary['best_epoch']} of {summary['epochs_run']}, {summary['train_seconds']:.0f} s, "
+        f"{out.stat().st_size / 1e6:.2f} MB"
+    )
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint file")],
+    dataset: DatasetOpt,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
+    split: Annotated[str, typer.Option("--split", help="test or val")] = "test",
+    device: Annotated[str | None, typer.Option("--device")] = None,
+) -> None:
+    """Per-horizon MAE/RMSE/MAPE on the protocol's test part, beside persistence (and climatology for daily)."""
+    from stream.datasets import load_dataset
+    from training.checkpoint import load_checkpoint
+    from training.data import DAY_MS, protocol_for
+    from training.evaluate import DayOfYearClimatology, evaluate, render_table, write_json
+    from training.predictor import Predictor
+
+    ds = load_dataset(dataset)
+    ckpt = load_checkpoint(checkpoint, network=ds.network)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, network=ds.network)
+    report = evaluate(predictor, ds, split=split)
+    persistence = Predictor.baseline(
+        "persistence",
+        ds.network,
+        window=predictor.window,
+        horizon=predictor.horizon,
+        targets=predictor.out_features,
+        device="cpu",
+    )
+    baselines = {"persistence": evaluate(persistence, ds, split=split)}
+    if ds.network.step_ms >= DAY_MS:
+        protocol = protocol_for(
+            ds, window=predictor.window, horizon=predictor.horizon, targets=predictor.targets
+        )
+        baselines["climatology"] = evaluate(DayOfYearClimatology(ds, protocol), ds, split=split)
+    console.print(render_table(report, baselines["persistence"]))
+    for name, base in baselines.items():
+        wins = sum(r["rmse"] < b["rmse"] for r, b in zip(report["per_step"], base["per_step"], strict=True))
+        console.print(f"beats {name} (RMSE) at {wins} of {report['horizon']} steps")
+    report["checkpoint"] = {
+        "path": str(checkpoint),
+        "sha256": ckpt.sha256,
+        "kind": ckpt.kind,
+        "bytes": checkpoint.stat().st_size,
+        "data_range": ckpt.data_range,
+        "train": {k: v for k, v in ckpt.extra.get("train", {}).items() if k != "history"},
+    }
+    report["baselines"] = baselines
+    if json_out:
+        console.print(f"wrote {write_json(report, json_out)}")
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise typer.BadParameter(f"--set expects field=value, got {text!r}")
+    value: Any = {"true": True, "false": False}.get(raw.lower(), raw)
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                continue
+    return key.strip(), value
