@@ -6,8 +6,8 @@ calls `seal()` and archives what it gets together with `take_late()`, and then c
 `committable()` — offsets are committed only after what they carry is durable.
 
 Timestamps are checked against a moving ceiling: `max(now(), highest event ts seen) + max_future_ms`
-(and never past 2100), and a floor of 2000-01-01; outside it a message is dead-lettered as
-`bad_timestamp` instead of dragging the watermark with it.
+(and never past 2100), refreshed at each `seal()`, and a floor of 2000-01-01; outside it a message is
+dead-lettered as `bad_timestamp` instead of dragging the watermark with it. The hot path reads no clock.
 
 No Kafka, no I/O: testable with plain bytes and an injected clock.
 """
@@ -22,7 +22,7 @@ import orjson
 
 from stream.ledger import Ledger
 from stream.network import Network
-from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoder
+from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoded, Decoder
 from stream.window import LateReading, SealedStep, Windower
 
 
@@ -102,21 +102,22 @@ class Ingestor:
         )
         self._now = now
         self._late: list[LateReading] = []
-        self._max_future_ms = max_future_ms
-        self.decoder.set_reference(now())
+        self._decode_rows = self.decoder.decode_rows
+        self._add_rows = self.windower.add_rows
+        self._refresh_ceiling()
 
     def ingest(self, partition: int, offset: int, raw: bytes | None) -> list[DeadLetter]:
         """Take one message; returns its dead letters (usually `[]`). Never raises on bad input."""
-        t = self._now()
-        decoder = self.decoder
-        high = self.windower.max_event_ts
-        ceiling = (t if high is None or t > high else high) + self._max_future_ms
-        decoder.ts_ceiling_ms = ceiling if ceiling < decoder.max_ts_ms else decoder.max_ts_ms
-        decoded = decoder.decode(raw)
-        counts = self.ledger.partition(partition)
-        counts.received += decoded.n
+        decoded = self._decode_rows(raw)
+        if type(decoded) is list:  # the hot path: a clean single reading
+            late = self._add_rows(partition, offset, decoded)
+            if late:
+                self._late.extend(late)
+            return []
+        assert isinstance(decoded, Decoded)
         dead: list[DeadLetter] = []
         if decoded.rejects:
+            counts = self.ledger.partition(partition)
             body = raw or b""
             for r in decoded.rejects:
                 counts.received += r.n_readings
@@ -124,10 +125,16 @@ class Ingestor:
                 dead.append(
                     DeadLetter(r.reason, r.detail, self.source_topic, partition, offset, body, r.n_readings)
                 )
-        late = self.windower.add(partition, offset, decoded, now_ms=t)
+        late = self.windower.add(partition, offset, decoded)
         if late:
             self._late.extend(late)
         return dead
+
+    def _refresh_ceiling(self) -> None:
+        """Timestamps up to max(clock, highest event ts) + max_future_ms are accepted from now on."""
+        t = self._now()
+        high = self.windower.max_event_ts
+        self.decoder.set_reference(t if high is None or t > high else high)
 
     def take_late(self) -> list[LateReading]:
         """Late readings since the last call (for the archive's late log), oldest first."""
@@ -135,7 +142,11 @@ class Ingestor:
         return late
 
     def seal(self) -> list[SealedStep]:
-        """Steps the watermark now allows to seal, in order; archive them before committing."""
+        """Steps the watermark now allows to seal, in order; archive them before committing.
+
+        Call it after every poll: it also moves the timestamp ceiling (once per poll, not per message).
+        """
+        self._refresh_ceiling()
         return self.windower.seal()
 
     def flush_all(self) -> list[SealedStep]:

@@ -67,7 +67,7 @@ class Reject(NamedTuple):
     n_readings: int
 
 
-_F64 = np.dtype(np.float64)
+_loads = orjson.loads
 
 
 class Decoded:
@@ -132,8 +132,9 @@ class Decoded:
 
 
 def encode_reading(sensor: str, ts: int, values: Mapping[str, float]) -> bytes:
-    """One sensor's readings at `ts` (epoch ms) as a v1 message."""
-    return orjson.dumps({"v": SCHEMA_VERSION, "sensor": sensor, "ts": int(ts), "values": dict(values)})
+    """One sensor's readings at `ts` (epoch ms) as a v1 message; numpy scalars welcome, NaN becomes null."""
+    msg = {"v": SCHEMA_VERSION, "sensor": sensor, "ts": int(ts), "values": dict(values)}
+    return orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def encode_batch(ts: int, sensors: Sequence[str], values: Mapping[str, Sequence[float | None]]) -> bytes:
@@ -191,6 +192,13 @@ class Decoder:
 
     def decode(self, raw: bytes | None) -> Decoded:
         """Valid readings of `raw` plus rejects; see the module docstring for the policy."""
+        out = self.decode_rows(raw)
+        return Decoded(out) if type(out) is list else out  # type: ignore[return-value]
+
+    def decode_rows(self, raw: bytes | None) -> list[tuple[int, int, int, float]] | Decoded:
+        """`decode()` without the wrapper on the hot path: a clean single-reading message comes back as its
+        plain `rows` list (no object to allocate), anything else (batch, rejects) as a `Decoded`."""
+        # Inlined and written for the interpreter's sake: it runs once per Kafka message.
         if not raw:
             return _whole("empty", "the message has no bytes (a tombstone or an empty value)", 1)
         if len(raw) > self.max_message_bytes:
@@ -198,38 +206,20 @@ class Decoder:
                 "oversized", f"{len(raw)} bytes exceed max_message_bytes={self.max_message_bytes}", 1
             )
         try:
-            msg = orjson.loads(raw)
+            msg = _loads(raw)
         except orjson.JSONDecodeError as exc:
             return _undecodable(raw, exc)
         if type(msg) is not dict:
             return _whole("not_json_object", f"top-level JSON is a {type(msg).__name__}, not an object", 1)
-        v = msg.get("v")
         ts = msg.get("ts")
         values = msg.get("values")
-        if type(v) is not int or v != SCHEMA_VERSION or type(ts) is not int or type(values) is not dict:
+        if msg.get("v") != 1 or type(ts) is not int or type(values) is not dict or type(msg["v"]) is not int:
             return self._bad_header(msg)
         if ts < self.min_ts_ms or ts > self.ts_ceiling_ms:
             return _whole("bad_timestamp", self._ts_detail(ts), _claimed(msg))
         sensor = msg.get("sensor")
-        if sensor is not None:
-            if "sensors" in msg:
-                return _whole("ambiguous_kind", "the message has both 'sensor' and 'sensors'", _claimed(msg))
-            return self._single(sensor, ts, values)
-        sensors = msg.get("sensors")
-        if sensors is None:
-            return _whole("missing_field", "neither 'sensor' nor 'sensors' is present", _claimed(msg))
-        cols, problems = validate_batch(
-            self.network.name, self._sensor_index, self._features, ts, sensors, values
-        )
-        return Decoded(cols=cols, rejects=[Reject(*p) for p in problems])
-
-    def _single(self, sensor: Any, ts: int, values: dict[str, Any]) -> Decoded:
-        if type(sensor) is not str:
-            return _whole(
-                "wrong_type", f"'sensor' is a {type(sensor).__name__}, not a string", _claimed_single(values)
-            )
-        if not values:
-            return _whole("empty", "'values' is an empty object", 1)
+        if type(sensor) is not str or "sensors" in msg or not values:
+            return self._not_single(msg, sensor, ts, values)
         si = self._sensor_index.get(sensor)
         rows: list[tuple[int, int, int, float]] = []
         features = self._features
@@ -237,19 +227,34 @@ class Decoder:
         for name, x in values.items():
             spec = features.get(name)
             tx = type(x)
-            if spec is not None and si is not None and (tx is float or tx is int):
-                fi, lo, hi = spec
-                if lo <= x <= hi:
-                    rows.append((ts, si, fi, float(x)))
-                    continue
-            if x is None:  # not measured
+            if tx is float and spec is not None and si is not None and spec[1] <= x <= spec[2]:
+                rows.append((ts, si, spec[0], x))
+            elif x is None:  # not measured
                 continue
-            if bad is None:
-                bad = []
-            bad.append(self._why(sensor, si, name, spec, x))
-        if bad is None:
-            return Decoded(rows)
-        return Decoded(rows, rejects=_group(bad))
+            elif tx is int and spec is not None and si is not None and spec[1] <= x <= spec[2]:
+                rows.append((ts, si, spec[0], float(x)))
+            else:
+                if bad is None:
+                    bad = []
+                bad.append(self._why(sensor, si, name, spec, x))
+        return rows if bad is None else Decoded(rows, rejects=_group(bad))
+
+    def _not_single(self, msg: dict[str, Any], sensor: Any, ts: int, values: dict[str, Any]) -> Decoded:
+        """The batch path, and the ways a single reading can be malformed as a whole."""
+        if sensor is not None:
+            if "sensors" in msg:
+                return _whole("ambiguous_kind", "the message has both 'sensor' and 'sensors'", _claimed(msg))
+            if type(sensor) is not str:
+                detail = f"'sensor' is a {type(sensor).__name__}, not a string"
+                return _whole("wrong_type", detail, _claimed_single(values))
+            return _whole("empty", "'values' is an empty object", 1)
+        sensors = msg.get("sensors")
+        if sensors is None:
+            return _whole("missing_field", "neither 'sensor' nor 'sensors' is present", _claimed(msg))
+        cols, problems = validate_batch(
+            self.network.name, self._sensor_index, self._features, ts, sensors, values
+        )
+        return Decoded(cols=cols, rejects=[Reject(*p) for p in problems])
 
     def _why(self, sensor: str, si: int | None, name: str, spec: Any, x: Any) -> tuple[str, str]:
         if type(x) is not float and type(x) is not int:

@@ -6,8 +6,8 @@ sensor, feature and ts) is counted and dropped, the first copy wins.
 
 Watermarks: each partition's watermark is the highest event ts seen on it; the network watermark is the
 minimum over partitions that are not idle (a partition is idle when it brought no valid reading for
-`idle_timeout_ms` of the injected clock; when every partition is idle the maximum is used, so a stream
-that went quiet still seals). A step `[s, s + step_ms)` is sealed once `watermark >= s + step_ms +
+`idle_timeout_ms` of the injected clock, read once per `seal()` rather than per reading; when every
+partition is idle the maximum is used, so a stream that went quiet still seals). A step `[s, s + step_ms)` is sealed once `watermark >= s + step_ms +
 allowed_lateness_ms`. Steps seal in order and never backwards, and empty steps in between seal too
 (mask all 0), so once the first step is seen the sealed grid has no holes. Readings for an already
 sealed step are **late**: counted and returned, never aggregated. After a restart, `resume_after_step`
@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stream.ledger import Ledger
+from stream.ledger import Ledger, PartitionCounts
 from stream.network import Network
 from stream.schema import Decoded
 
@@ -80,12 +80,25 @@ class _OpenStep:
             self.first_offset[partition] = offset
 
 
+class _Partition:
+    """What the windower knows about one source partition."""
+
+    __slots__ = ("active_ms", "counts", "last_offset", "touched", "watermark")
+
+    def __init__(self, counts: PartitionCounts) -> None:
+        self.counts = counts
+        self.last_offset = -1
+        self.watermark = -1  # highest event ts seen, -1 before the first reading
+        self.active_ms = 0  # clock time of the last seal() after a reading arrived
+        self.touched = False  # a reading arrived since the last watermark() call
+
+
 class Windower:
     """Assigns readings to steps and seals them as the watermark passes; see the module docstring.
 
-    Counting goes to `ledger` (per partition): `windowed`, `late`, `duplicates`, `replayed`. When no
-    ledger is passed the windower keeps its own and also counts `received`, so it balances on its own;
-    a caller that passes its ledger counts `received` (and dead letters) itself.
+    Counting goes to `ledger` (its own unless one is passed), per partition: `received` for every
+    reading given to `add()`, and `windowed`, `late`, `duplicates` or `replayed` for each of them. A
+    caller sharing the ledger counts what it rejects before the windower (`received` + `dead_lettered`).
     """
 
     def __init__(
@@ -117,15 +130,12 @@ class Windower:
         self._step_ms = network.step_ms
         self._n_features = network.n_features
         self._shape = (network.n_sensors, network.n_features)
-        self._count_received = ledger is None
         self.ledger = ledger if ledger is not None else Ledger()
         self._open: dict[int, _OpenStep] = {}
-        self._sealed_through = resume_after_step  # last sealed step_ts (or the resume point)
-        self._partition_wm: dict[int, int] = {}
-        self._partition_active: dict[int, int] = {}
-        self._last_offset: dict[int, int] = {}
+        self._sealed = -1 if resume_after_step is None else resume_after_step  # last sealed step_ts, -1: none
+        self._replay_through = -1 if resume_after_step is None else resume_after_step
+        self._parts: dict[int, _Partition] = {}
         self._watermark: int | None = None
-        self.max_event_ts: int | None = None  # highest event ts seen anywhere (for the decoder's ceiling)
         self.forced_seals = 0
         self._last = np.full(self._shape, np.nan, dtype=np.float32)  # [N, F] last observed aggregate
         if fill_values is not None:
@@ -133,38 +143,40 @@ class Windower:
 
     # -- adding readings -------------------------------------------------------------------------------
 
-    def add(
-        self, partition: int, offset: int, decoded: Decoded, *, now_ms: int | None = None
-    ) -> list[LateReading]:
+    def add(self, partition: int, offset: int, decoded: Decoded) -> list[LateReading]:
         """Window the valid readings of one message; returns its late readings (usually `[]`).
 
         Call it for every message, even one with no valid readings, so that `committable()` moves past it.
-        `now_ms` saves a clock call when the caller already read it.
         """
-        last = self._last_offset.get(partition)
-        if last is None or offset > last:
-            self._last_offset[partition] = offset
-        if decoded.rows is None:
-            if decoded.n == 0:
-                return []
-            return self._add_columns(partition, offset, decoded, now_ms)
-        rows = decoded.rows
+        if decoded.rows is not None:
+            return self.add_rows(partition, offset, decoded.rows)
+        late = self.add_rows(partition, offset, [])  # registers the partition and the offset
+        return self._add_columns(self._parts[partition], partition, offset, decoded) if decoded.n else late
+
+    def add_rows(
+        self, partition: int, offset: int, rows: list[tuple[int, int, int, float]]
+    ) -> list[LateReading]:
+        """`add()` for readings as `(ts, sensor, feature, value)` rows (`Decoder.decode_rows`)."""
+        p = self._parts.get(partition)
+        if p is None:
+            p = self._parts[partition] = _Partition(self.ledger.partition(partition))
+        if offset > p.last_offset:
+            p.last_offset = offset
         if not rows:
             return []
         step_ms = self._step_ms
         n_feat = self._n_features
-        sealed = self._sealed_through
+        sealed = self._sealed
         open_steps = self._open
         late: list[LateReading] = []
-        windowed = dups = replayed = 0
-        high = -1
+        windowed = 0
         for ts, s, f, v in rows:
-            if ts > high:
-                high = ts
+            if ts > p.watermark:
+                p.watermark = ts
             step = ts - ts % step_ms
-            if sealed is not None and step <= sealed:
-                if self.resume_after_step is not None and step <= self.resume_after_step:
-                    replayed += 1
+            if step <= sealed:
+                if step <= self._replay_through:
+                    p.counts.replayed += 1
                 else:
                     late.append(LateReading(s, f, ts, v, step, partition, offset))
                 continue
@@ -172,19 +184,24 @@ class Windower:
             if st is None:
                 st = open_steps[step] = _OpenStep()
             key = (s * n_feat + f) * step_ms + (ts - step)
-            if key in st.readings:
-                dups += 1
+            readings = st.readings
+            if key in readings:
+                p.counts.duplicates += 1
                 continue
-            st.readings[key] = v
-            st.hold(partition, offset)
+            readings[key] = v
+            held = st.first_offset.get(partition)
+            if held is None or offset < held:
+                st.first_offset[partition] = offset
             windowed += 1
-        self._saw(partition, high, now_ms)
-        self._count(partition, len(rows), windowed, dups, replayed, len(late))
+        p.touched = True
+        c = p.counts
+        c.received += len(rows)
+        c.windowed += windowed
+        if late:
+            c.late += len(late)
         return late
 
-    def _add_columns(
-        self, partition: int, offset: int, decoded: Decoded, now_ms: int | None
-    ) -> list[LateReading]:
+    def _add_columns(self, p: _Partition, partition: int, offset: int, decoded: Decoded) -> list[LateReading]:
         ts, sensor, feature, value = decoded.columns()
         step_ms = self._step_ms
         steps = ts - ts % step_ms  # [n]
@@ -192,35 +209,39 @@ class Windower:
         late: list[LateReading] = []
         lo, hi = int(steps.min()), int(steps.max())
         if lo == hi:  # the usual batch: one ts
-            counts = self._add_group(partition, offset, lo, keys, value, late)
+            self._add_group(p, partition, offset, lo, keys, value, late)
         else:
-            counts = [0, 0, 0]
             for step in np.unique(steps).tolist():
                 sel = steps == step
-                group = self._add_group(partition, offset, step, keys[sel], value[sel], late)
-                counts = [a + b for a, b in zip(counts, group, strict=True)]
-        self._saw(partition, int(ts.max()), now_ms)
-        self._count(partition, len(ts), counts[0], counts[1], counts[2], len(late))
+                self._add_group(p, partition, offset, step, keys[sel], value[sel], late)
+        high = int(ts.max())
+        if high > p.watermark:
+            p.watermark = high
+        p.touched = True
+        p.counts.received += len(ts)
+        p.counts.late += len(late)
         return late
 
     def _add_group(
         self,
+        p: _Partition,
         partition: int,
         offset: int,
         step: int,
         keys: np.ndarray,
         value: np.ndarray,
         late: list[LateReading],
-    ) -> list[int]:
-        """Readings of one step: returns `[windowed, duplicates, replayed]`, appends late ones to `late`."""
-        if self._sealed_through is not None and step <= self._sealed_through:
-            if self.resume_after_step is not None and step <= self.resume_after_step:
-                return [0, 0, len(keys)]
+    ) -> None:
+        """Readings of one step (keys as in `_OpenStep`); late ones are appended to `late`."""
+        if step <= self._sealed:
+            if step <= self._replay_through:
+                p.counts.replayed += len(keys)
+                return
             step_ms, n_feat = self._step_ms, self._n_features
             for key, v in zip(keys.tolist(), value.tolist(), strict=True):
                 cell, dt = divmod(key, step_ms)
                 late.append(LateReading(cell // n_feat, cell % n_feat, step + dt, v, step, partition, offset))
-            return [0, 0, 0]
+            return
         st = self._open.get(step)
         if st is None:
             st = self._open[step] = _OpenStep()
@@ -229,55 +250,49 @@ class Windower:
         readings = st.readings
         if len(fresh) == len(k) and readings.keys().isdisjoint(fresh):
             readings.update(fresh)
-            windowed, dups = len(k), 0
+            windowed = len(k)
         else:
-            windowed = dups = 0
+            windowed = 0
             for key in k:
                 if key in readings:
-                    dups += 1
+                    p.counts.duplicates += 1
                 else:
                     readings[key] = fresh[key]
                     windowed += 1
         if windowed:
             st.hold(partition, offset)
-        return [windowed, dups, 0]
-
-    def _saw(self, partition: int, high: int, now_ms: int | None) -> None:
-        wm = self._partition_wm.get(partition)
-        if wm is None or high > wm:
-            self._partition_wm[partition] = high
-        if self.max_event_ts is None or high > self.max_event_ts:
-            self.max_event_ts = high
-        self._partition_active[partition] = self._now() if now_ms is None else now_ms
-
-    def _count(self, partition: int, n: int, windowed: int, dups: int, replayed: int, late: int) -> None:
-        c = self.ledger.partition(partition)
-        if self._count_received:
-            c.received += n
-        c.windowed += windowed
-        c.duplicates += dups
-        c.replayed += replayed
-        c.late += late
+            p.counts.windowed += windowed
 
     # -- watermark and sealing -------------------------------------------------------------------------
 
     def watermark(self) -> int | None:
-        """The network watermark (never decreases); None before the first reading."""
-        if not self._partition_wm:
+        """The network watermark (never decreases); None before the first reading.
+
+        Activity is stamped here, not per reading (one clock call per poll, not per message): a partition
+        counts as active since the last `watermark()`/`seal()` call after one of its readings arrived.
+        """
+        parts = [p for p in self._parts.values() if p.watermark >= 0]
+        if not parts:
             return self._watermark
         t = self._now()
-        active = [
-            wm for p, wm in self._partition_wm.items() if t - self._partition_active[p] < self.idle_timeout_ms
-        ]
-        wm = min(active) if active else max(self._partition_wm.values())
+        for p in parts:
+            if p.touched:
+                p.active_ms, p.touched = t, False
+        active = [p.watermark for p in parts if t - p.active_ms < self.idle_timeout_ms]
+        wm = min(active) if active else max(p.watermark for p in parts)
         if self._watermark is None or wm > self._watermark:
             self._watermark = wm
         return self._watermark
 
     @property
+    def max_event_ts(self) -> int | None:
+        """Highest event ts seen on any partition (the decoder's timestamp ceiling follows it)."""
+        return max((p.watermark for p in self._parts.values() if p.watermark >= 0), default=None)
+
+    @property
     def sealed_through(self) -> int | None:
         """step_ts of the last sealed step (or `resume_after_step`); None before the first seal."""
-        return self._sealed_through
+        return None if self._sealed < 0 else self._sealed
 
     def seal(self) -> list[SealedStep]:
         """Seal, in order, every step the watermark allows (plus forced ones); call after each poll."""
@@ -301,8 +316,8 @@ class Windower:
         return self._seal_through(max(self._open))
 
     def _next_step(self) -> int | None:
-        if self._sealed_through is not None:
-            return self._sealed_through + self._step_ms
+        if self._sealed >= 0:
+            return self._sealed + self._step_ms
         return min(self._open) if self._open else None
 
     def _seal_through(self, limit: int) -> list[SealedStep]:
@@ -310,7 +325,7 @@ class Windower:
         step = self._next_step()
         while step is not None and step <= limit:
             out.append(self._seal_one(step))
-            self._sealed_through = step
+            self._sealed = step
             step += self._step_ms
         return out
 
@@ -340,15 +355,15 @@ class Windower:
         The smallest offset holding a reading in a still-open step, else last seen offset + 1; None for a
         partition never seen.
         """
-        last = self._last_offset.get(partition)
-        if last is None:
+        p = self._parts.get(partition)
+        if p is None:
             return None
         held = [o for st in self._open.values() if (o := st.first_offset.get(partition)) is not None]
-        return min(held) if held else last + 1
+        return min(held) if held else p.last_offset + 1
 
     @property
     def partitions(self) -> list[int]:
-        return sorted(self._last_offset)
+        return sorted(self._parts)
 
     @property
     def open_steps(self) -> list[int]:

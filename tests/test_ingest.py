@@ -75,7 +75,10 @@ def test_timestamps_far_ahead_of_clock_and_watermark_are_dead_lettered() -> None
     clock = Clock(T0)
     ing = ingestor(clock, max_future_ms=3_600_000)
     assert ing.ingest(0, 0, encode_reading("s0000", T0 + 3_600_000, {"speed": 1.0})) == []
-    # the ceiling follows the highest event ts seen, so a simulator ahead of the clock still works
+    (d,) = ing.ingest(0, 1, encode_reading("s0000", T0 + 7_000_000, {"speed": 1.0}))
+    assert d.reason == "bad_timestamp"
+    # at each seal (poll) the ceiling follows the highest event ts, so a simulator ahead of the clock works
+    ing.seal()
     assert ing.ingest(0, 1, encode_reading("s0000", T0 + 7_000_000, {"speed": 1.0})) == []
     (d,) = ing.ingest(0, 2, encode_reading("s0000", T0 + 50_000_000, {"speed": 1.0}))
     assert d.reason == "bad_timestamp"
@@ -147,3 +150,21 @@ def test_restart_replays_without_duplicating_the_archive(tmp_path: Path) -> None
     assert ts.tolist() == [s.step_ts for s in steps]
     assert np.array_equal(values, np.stack([s.values for s in steps]), equal_nan=True)
     assert np.array_equal(mask, np.stack([s.mask for s in steps]))
+
+
+def test_single_and_batch_paths_seal_the_same_steps() -> None:
+    rng = np.random.default_rng(3)
+    ts = [T0 + i * 7_000 for i in range(40)]
+    speed = rng.uniform(0, 100, (40, 5))
+    singles, batches = ingestor(Clock(T0)), ingestor(Clock(T0))
+    offset = 0
+    for i, t in enumerate(ts):
+        batches.ingest(1, i, encode_batch(t, SENSORS, {"speed": speed[i], "flow": speed[i] / 2}))
+        for j, s in enumerate(SENSORS):
+            singles.ingest(1, offset, encode_reading(s, t, {"speed": speed[i, j], "flow": speed[i, j] / 2}))
+            offset += 1
+    a, b = singles.flush_all(), batches.flush_all()
+    assert [s.step_ts for s in a] == [s.step_ts for s in b]
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.values, y.values) and np.array_equal(x.mask, y.mask)
+    assert singles.ledger.total().windowed == batches.ledger.total().windowed == 40 * 5 * 2

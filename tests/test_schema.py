@@ -254,3 +254,10 @@ def test_timestamp_ceiling_follows_reference() -> None:
     assert [r.reason for r in dec.decode(single(ts=TS + 60_001)).rejects] == ["bad_timestamp"]
     assert [r.reason for r in dec.decode(single(ts=MIN_TS_MS - 1)).rejects] == ["bad_timestamp"]
     assert dec.decode(single(ts=MIN_TS_MS)).rejects == []
+
+
+def test_decode_rows_is_the_plain_hot_path(decoder: Decoder) -> None:
+    rows = decoder.decode_rows(single(values={"speed": 3.0}))
+    assert rows == [(TS, 1, 0, 3.0)]
+    assert type(decoder.decode_rows(batch())) is not list
+    assert [r.reason for r in decoder.decode_rows(b"junk").rejects] == ["undecodable"]  # type: ignore[union-attr]

@@ -222,15 +222,17 @@ def test_batch_with_several_steps_and_fill_values() -> None:
     assert w.partitions == [3]
 
 
-def test_windower_with_shared_ledger_does_not_count_received() -> None:
+def test_windower_counts_into_a_shared_ledger() -> None:
     ledger = Ledger()
     w = windower(ledger=ledger)
     w.add(0, 0, rows((T0, 0, 0, 1.0)))
-    assert ledger.partition(0).received == 0 and ledger.partition(0).windowed == 1
-    ledger.partition(0).received += 1
+    assert ledger.partition(0).received == 1 and ledger.partition(0).windowed == 1
+    ledger.partition(0).received += 2  # what the caller rejected before windowing
+    ledger.partition(0).dead("undecodable", 2)
     assert ledger.balanced()
     snap = ledger.snapshot()
-    assert snap["total"]["windowed"] == 1 and snap["partitions"]["0"]["received"] == 1 and snap["balanced"]
+    assert snap["total"]["windowed"] == 1 and snap["partitions"]["0"]["received"] == 3 and snap["balanced"]
+    assert snap["total"]["dead_by_reason"] == {"undecodable": 2}
 
 
 # -- the rolling window ------------------------------------------------------------------------------------
