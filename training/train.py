@@ -48,7 +48,8 @@ class TrainConfig:
     loss: str = "mae"  # mae | mse | huber, on scaled values, missing targets excluded
     patience: int = 10  # epochs without validation improvement before stopping
     time_budget_s: float | None = None  # wall-clock limit for the training loop
-    max_batches: int | None = None  # per epoch; for smoke tests
+    max_batches: int | None = None  # per epoch; for smoke tests and benchmarks
+    max_val_windows: int | None = None  # validate on the first windows only; for benchmarks
     seed: int = 0
     threads: int | None = None  # torch threads per worker
     device: str | None = None  # plain runs only; Ray picks the worker's device
@@ -195,7 +196,7 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
             device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
             train_model = model.to(device)
         data = WindowData.build(ds, protocol, scaler)
-        val_starts = protocol.starts("val")[d.rank :: d.world]
+        val_starts = protocol.starts("val")[: cfg.max_val_windows][d.rank :: d.world]
         opt = torch.optim.AdamW(train_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, factor=0.5, patience=max(1, cfg.patience // 3)
