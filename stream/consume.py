@@ -55,6 +55,7 @@ class IngestService:
         self.dead_letters: DeadLetterProducer | None = None
         self.resumed_after: int | None = None
         self.steps_sealed = 0
+        self._assigned_at: dict[int, int] = {}
 
     def start(self) -> IngestService:
         ensure_topics(
@@ -84,9 +85,25 @@ class IngestService:
         dead = []
         for rec in self.consumer.poll(timeout_ms):
             dead.extend(self.ingestor.ingest(rec.partition, rec.offset, rec.value))
-        sealed = self.ingestor.seal()
+        sealed = [] if self._silent_partitions() else self.ingestor.seal()
         self._make_durable(dead, sealed, on_sealed)
         return sealed
+
+    def _silent_partitions(self) -> list[int]:
+        """Assigned partitions that have sent nothing yet and are not idle-timed-out.
+
+        The windower's watermark only knows partitions it has seen; an assigned partition whose first
+        fetch is still on its way would otherwise let a faster partition seal steps it has readings for.
+        """
+        assert self.consumer is not None and self.ingestor is not None
+        now = self.now()
+        seen = set(self.ingestor.windower.partitions)
+        silent = []
+        for p in self.consumer.assigned():
+            since = self._assigned_at.setdefault(p, now)
+            if p not in seen and now - since < self.window.idle_timeout_ms:
+                silent.append(p)
+        return silent
 
     def drain(self, on_sealed: OnSealed | None = None) -> list[SealedStep]:
         """End of stream: seal every open step, make it durable, commit everything consumed."""
