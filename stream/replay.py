@@ -141,11 +141,11 @@ def plan(
     pool = msgs[len(late_idx) :]  # the on-time messages: duplicates and garbage are drawn from these
     n_on_time = len(pool)
     for m in [
-        pool[j] for j in rng.choice(n_on_time, size=int(round(duplicate_rate * n_on_time)), replace=False)
+        pool[j] for j in rng.choice(n_on_time, size=round(duplicate_rate * n_on_time), replace=False)
     ]:
         msgs.append(Message(m.send_ts, m.partition, m.key, m.value))
         exp.duplicates += _count_readings(m.value)
-    for j in rng.choice(n_on_time, size=int(round(garbage_rate * n_on_time)), replace=True):
+    for j in rng.choice(n_on_time, size=round(garbage_rate * n_on_time), replace=True):
         m = pool[int(j)]
         reason, make = GARBAGE[int(rng.integers(len(GARBAGE)))]
         sensor = net.sensors[int(rng.integers(net.n_sensors))]
