@@ -65,3 +65,32 @@ def test_metrics_exclude_missing_and_zero_targets_for_mape() -> None:
     m2 = HorizonMetrics(2)
     m2.update(pred, target, np.array([[[[1.0]], [[0.0]]]]))
     assert m2.average()["count"] == 1 and m2.average()["rmse"] == 1.0
+
+
+def test_explain_writes_attention_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="explain needs matplotlib")
+    import torch
+
+    from stream.datasets import SensorDataset
+    from stream.network import Network
+    from training.explain import explain
+    from training.model import STFormer, STFormerConfig
+    from training.scaler import StandardScaler
+
+    torch.manual_seed(0)
+    net = Network.simple("grid", 5, ["speed"], coords=tuple((float(i), float(i % 2)) for i in range(5)))
+    t = 200
+    values = np.random.default_rng(0).random((t, 5, 1)).astype(np.float32)
+    ds = SensorDataset(
+        net, values, np.ones_like(values, np.uint8), 1_330_560_000_000 + 300_000 * np.arange(t)
+    )
+    model = STFormer(
+        STFormerConfig(n_nodes=5, input_dim=8, tod_dim=4, dow_dim=4, adaptive_dim=8, heads=2, ffn_dim=8)
+    )
+    p = Predictor(model, network=net, scaler=StandardScaler.identity(1), targets=(0,), window=12, horizon=12,
+                  version="tiny", device="cpu")  # fmt: skip
+    summary = explain(p, ds, tmp_path, window_index=3, sensor="s0002", top_k=2)
+    assert (tmp_path / "temporal.png").stat().st_size > 1000 and (tmp_path / "spatial.png").exists()
+    neighbours = json.loads((tmp_path / "neighbours.json").read_text())
+    assert len(neighbours) == 5 and [n["sensor"] for n in summary["neighbours"]] != ["s0002"]
+    assert all(len(v) == 2 and all(n["sensor"] != k for n in v) for k, v in neighbours.items())

@@ -148,3 +148,26 @@ def _parse_override(text: str) -> tuple[str, Any]:
             except ValueError:
                 continue
     return key.strip(), value
+
+
+@app.command()
+def explain(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint file")],
+    dataset: DatasetOpt,
+    out: Annotated[Path, typer.Option("--out", help="folder for the PNGs and neighbours.json")],
+    window: Annotated[int, typer.Option("--window", help="index of the test window")] = 0,
+    sensor: Annotated[str | None, typer.Option("--sensor", help="sensor id (default: the first)")] = None,
+    top_k: Annotated[int, typer.Option("--top-k")] = 5,
+) -> None:
+    """Plot temporal and spatial attention of one test window."""
+    from stream.datasets import load_dataset
+    from training.explain import explain as run_explain
+    from training.predictor import Predictor
+
+    ds = load_dataset(dataset)
+    predictor = Predictor.from_checkpoint(checkpoint, network=ds.network, device="cpu")
+    summary = run_explain(predictor, ds, out, window_index=window, sensor=sensor, top_k=top_k)
+    for file in summary["files"]:
+        console.print(f"wrote {file}")
+    for n in summary.get("neighbours", []):
+        console.print(f"  neighbour {n['sensor']}: {n['weight']:.3f}")

@@ -139,11 +139,10 @@ class Predictor:
         if step_ts.shape != values.shape[:2]:
             raise PredictorError(f"step_ts shape {step_ts.shape}, expected {values.shape[:2]}")
 
-    @torch.inference_mode()
-    def predict(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> np.ndarray:
-        """values, mask: [B, window, N, F] in original units (values last-observation filled; NaN where never
-        observed); step_ts: [B, window] int64 epoch ms UTC of each input step.
-        Returns [B, horizon, N, out] float32 in original units."""
+    def _inputs(
+        self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Checked, scaled model inputs (x, time_features, mask) on the device, and the finite-value map."""
         values = np.asarray(values, dtype=np.float32)
         mask = np.asarray(mask)
         step_ts = np.asarray(step_ts, dtype=np.int64)
@@ -152,12 +151,26 @@ class Predictor:
         x = np.where(finite, self.scaler.transform(values), 0.0).astype(np.float32)  # [B, T, N, F]
         m = ((mask > 0) & finite).astype(np.float32)  # [B, T, N, F]
         tf = time_features(step_ts)  # [B, T, 2]
-        y = self.model(
-            torch.from_numpy(x).to(self.device),
-            torch.from_numpy(tf).to(self.device),
-            torch.from_numpy(m).to(self.device),
-        )  # [B, H, N, out]
+        tensors = tuple(torch.from_numpy(a).to(self.device) for a in (x, tf, m))
+        return finite, tensors  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def predict(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> np.ndarray:
+        """values, mask: [B, window, N, F] in original units (values last-observation filled; NaN where never
+        observed); step_ts: [B, window] int64 epoch ms UTC of each input step.
+        Returns [B, horizon, N, out] float32 in original units."""
+        finite, inputs = self._inputs(values, mask, step_ts)
+        y = self.model(*inputs)  # [B, H, N, out]
         out = self.scaler.inverse(y.float().cpu().numpy(), self.targets)  # [B, H, N, out]
         never = ~finite[..., list(self.targets)].any(axis=1)  # [B, N, out]
         out[np.broadcast_to(never[:, None], out.shape)] = np.nan
         return out.astype(np.float32)
+
+    @torch.inference_mode()
+    def attention(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's attention weights for these windows (see the model's `attention_maps`)."""
+        maps = getattr(self.model, "attention_maps", None)
+        if maps is None:
+            raise PredictorError(f"{self.version} has no attention weights to show (a baseline?)")
+        _, inputs = self._inputs(values, mask, step_ts)
+        return {k: v.float().cpu().numpy() for k, v in maps(*inputs).items()}
