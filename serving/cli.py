@@ -25,8 +25,10 @@ from serving.embedded import EmbeddedRuntime, rss_mb
 from serving.forecaster import ModelSpec
 from stream.network import Network
 from stream.simulate import simulated_network
+from training.cli import app as training_app
 
 app = typer.Typer(help="sensorcast: streaming forecasts for sensor networks.", no_args_is_help=True)
+app.registered_commands.extend(training_app.registered_commands)  # train, evaluate, explain
 console = Console()
 log = logging.getLogger("sensorcast")
 
