@@ -22,7 +22,7 @@ import orjson
 
 from stream.ledger import Ledger
 from stream.network import Network
-from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoded, Decoder
+from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoder
 from stream.window import LateReading, SealedStep, Windower
 
 
@@ -109,12 +109,11 @@ class Ingestor:
     def ingest(self, partition: int, offset: int, raw: bytes | None) -> list[DeadLetter]:
         """Take one message; returns its dead letters (usually `[]`). Never raises on bad input."""
         decoded = self._decode_rows(raw)
-        if type(decoded) is list:  # the hot path: a clean single reading
+        if isinstance(decoded, list):  # the hot path: a clean single reading
             late = self._add_rows(partition, offset, decoded)
             if late:
                 self._late.extend(late)
             return []
-        assert isinstance(decoded, Decoded)
         dead: list[DeadLetter] = []
         if decoded.rejects:
             counts = self.ledger.partition(partition)
@@ -137,7 +136,7 @@ class Ingestor:
         self.decoder.set_reference(t if high is None or t > high else high)
 
     def take_late(self) -> list[LateReading]:
-        """Late readings since the last call (for the archive's late log), oldest first."""
+        """Late readings since the last call (for the archive's late log), in arrival order."""
         late, self._late = self._late, []
         return late
 

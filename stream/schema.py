@@ -193,7 +193,7 @@ class Decoder:
     def decode(self, raw: bytes | None) -> Decoded:
         """Valid readings of `raw` plus rejects; see the module docstring for the policy."""
         out = self.decode_rows(raw)
-        return Decoded(out) if type(out) is list else out  # type: ignore[return-value]
+        return Decoded(out) if isinstance(out, list) else out
 
     def decode_rows(self, raw: bytes | None) -> list[tuple[int, int, int, float]] | Decoded:
         """`decode()` without the wrapper on the hot path: a clean single-reading message comes back as its
