@@ -13,8 +13,9 @@ allowed_lateness_ms`. Steps seal in order and never backwards, and empty steps i
 sealed step are **late**: counted and returned, never aggregated. After a restart, `resume_after_step`
 (the archive's last step) makes readings for steps at or before it count as `replayed`.
 
-Memory is bounded by `max_open_steps`: when the open steps span more than that (one partition racing
-ahead of a stalled one), the oldest are sealed early and `forced_seals` counts them.
+Memory is bounded by `max_open_steps`: when more unsealed steps than that hold readings (one partition
+racing ahead of a stalled one), the oldest are sealed early and `forced_seals` counts them. A lone
+reading far ahead opens one step, not a span, so it cannot force anything.
 
 Pure Python/numpy with an injected clock: no Kafka, no I/O.
 """
@@ -301,11 +302,12 @@ class Windower:
             return []
         step_ms = self._step_ms
         limit = wm - step_ms - self.allowed_lateness_ms  # steps with step_ts <= limit are complete
-        if self._open:
-            floor = max(self._open) - self.max_open_steps * step_ms  # sealing through it leaves the cap open
+        if len(self._open) > self.max_open_steps:
+            floor = sorted(self._open)[-self.max_open_steps] - step_ms  # seal up to the newest max_open_steps
             if floor > limit:
-                already = max(limit, (self._next_step() or floor) - step_ms)
-                self.forced_seals += max(0, (floor - (already - already % step_ms)) // step_ms)
+                first = min(self._open) if self._sealed < 0 else self._sealed + step_ms
+                normal = max(limit - limit % step_ms, first - step_ms)  # last step sealed anyway
+                self.forced_seals += max(0, (floor - normal) // step_ms)
                 limit = floor
         return self._seal_through(limit)
 

@@ -212,6 +212,15 @@ def test_max_open_steps_forces_oldest_seals() -> None:
     assert w.forced_seals == 7
 
 
+def test_a_lone_reading_far_ahead_forces_nothing() -> None:
+    w = windower(max_open_steps=3)
+    w.add(0, 0, rows((T0, 0, 0, 1.0)))
+    w.add(1, 0, rows((T0 + 500 * STEP, 0, 0, 1.0)))  # a clock far ahead on another partition
+    assert w.seal() == [] and w.forced_seals == 0
+    w.add(0, 1, rows((T0 + 2 * STEP, 0, 0, 1.0)))
+    assert [s.step_ts for s in w.seal()] == [T0]
+
+
 def test_batch_with_several_steps_and_fill_values() -> None:
     fill = np.full((3, 2), 7.0, dtype=np.float32)
     w = windower(fill_values=fill)
