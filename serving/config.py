@@ -61,6 +61,14 @@ class RaySettings(BaseModel):
     replicas: int = Field(default=1, ge=1, description="forecaster actors sharing the steps")
 
 
+class OnlineSettings(BaseModel):
+    """Online evaluation of live forecasts against the actuals that arrive later."""
+
+    rolling_steps: int = Field(default=288, ge=1, description="sealed steps in the rolling scores")
+    zero_is_missing: bool = Field(default=False, description="traffic convention: a 0 reading is a fault")
+    health_interval_s: float = Field(default=1.0, gt=0, description="how often ingest health goes to Redis")
+
+
 class MetricsSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="bind address of /metrics; 0.0.0.0 in containers")
     port: int = Field(default=0, ge=0, description="Prometheus /metrics port; 0 = pick a free one")
@@ -77,6 +85,7 @@ class Settings(BaseSettings):
     window: WindowSettings = WindowSettings()
     archive: ArchiveSettings = ArchiveSettings()
     metrics: MetricsSettings = MetricsSettings()
+    online: OnlineSettings = OnlineSettings()
     network_file: Path | None = Field(default=None, description="network TOML/JSON; None = the simulator's")
 
     @classmethod

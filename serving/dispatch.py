@@ -43,6 +43,8 @@ class Dispatcher:
         self.call_timeout_s = call_timeout_s
         self.retry_deadline_s = retry_deadline_s
         self.version: str = ""
+        self.targets: tuple[int, ...] = ()
+        self.out_features: tuple[str, ...] = ()
         self.retries = 0
         self.last_infer_ms = 0.0
 
@@ -53,6 +55,8 @@ class Dispatcher:
         if len(versions) != 1:
             raise RuntimeError(f"forecaster actors disagree on the model version: {sorted(versions)}")
         self.version = versions.pop()
+        self.targets = tuple(infos[0]["targets"])
+        self.out_features = tuple(infos[0]["out_features"])
         return self.version
 
     def devices(self) -> list[str]:

@@ -71,6 +71,8 @@ class Forecaster:
             "pid": os.getpid(),
             "calls": self.calls,
             "spec": self.spec,
+            "targets": list(self.predictor.targets),
+            "out_features": list(self.predictor.out_features),
         }
 
     def forecast(

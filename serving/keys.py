@@ -12,8 +12,12 @@ keys live in one slot and the per-step write can be one atomic script. With the 
 | `sc:{sim}:forecasts` | stream | one entry per (model version, step): `step_ts`, `model_version`, `issued_ms`, `shape` ("H,N,F"), `dtype` ("float32le"), `values` (raw little-endian float32, C order `[H, N, F]`); capped by `stream_maxlen` |
 | `sc:{sim}:done:<model_version>` | sorted set | member = score = step_ts of every step this version has forecast (the idempotency record) |
 | `sc:{sim}:steps` | pub/sub channel | JSON `{"step_ts", "model_version", "stream_id"}` after each step's write |
-| `sc:{sim}:online:<model_version>` | hash | online evaluation: `n:<h>`, `abs:<h>`, `sq:<h>` sums per horizon h, `last_step` |
-| `sc:{sim}:online:rolling` | hash | rolling MAE/RMSE per horizon (JSON) of the serving model, with `model_version` |
+| `sc:{sim}:actuals` | stream | one entry per sealed step: `step_ts`, `shape` ("N,F"), `values` (float32le `[N, F]`, last-observation filled), `mask` (uint8 `[N, F]`); capped by `stream_maxlen` |
+| `sc:{sim}:online:<model_version>` | string | JSON all-time online scores of a version: `{"mae": [H], "rmse": [H], "mape": [H], "n": [H], "last_step"}` |
+| `sc:{sim}:online:rolling` | string | JSON rolling scores of the serving model over the last steps: `{"mae": [H], "rmse": [H], "n": [H], "steps", "model_version", "step_ts"}` |
+| `sc:{sim}:online:history` | stream | per sealed step: `step_ts`, `model_version`, `mae` (JSON `[H]` rolling MAE), `mean_mae` |
+| `sc:{sim}:health` | hash | ingest health, refreshed about once a second: `ledger` (JSON totals), `dead_by_reason` (JSON), `lag` (JSON per partition), `watermark`, `last_sealed`, `steps_forecast`, `readings_per_s`, `updated_ms` |
+| `sc:{sim}:events` | stream | model lifecycle: `ts`, `type` (serving, drift, retrain_started, retrain_failed, promoted, rejected, rollback), `model_version`, `detail` (JSON) |
 | `sc:{sim}:sensors` | string | JSON list of sensor ids in network order (the N axis of `values`) |
 
 Everything expires after `ttl_s` (refreshed on each write), the stream is capped, and the idempotency
@@ -64,3 +68,19 @@ class Keys:
     @property
     def online_rolling(self) -> str:
         return f"{self.base}:online:rolling"
+
+    @property
+    def online_history(self) -> str:
+        return f"{self.base}:online:history"
+
+    @property
+    def actuals(self) -> str:
+        return f"{self.base}:actuals"
+
+    @property
+    def health(self) -> str:
+        return f"{self.base}:health"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}:events"

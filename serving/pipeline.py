@@ -25,6 +25,7 @@ from serving.dispatch import Dispatcher
 from serving.forecaster import ModelSpec, make_actor
 from serving.keys import Keys
 from serving.metrics import ServeMetrics
+from serving.online import OnlineEvaluator
 from serving.sink import RedisSink, StepForecast, connect
 from stream.archive import Archive
 from stream.consume import IngestService, wall_ms
@@ -84,6 +85,9 @@ class ServePipeline:
         self.rolling = RollingWindow(network, self.window)
         self.steps_forecast = 0
         self.metrics_port: int | None = None
+        self.online: OnlineEvaluator | None = None
+        self._next_health = 0.0
+        self._health_mark: tuple[float, int] = (time.monotonic(), 0)
 
     @property
     def ingestor(self) -> Any:
@@ -93,17 +97,22 @@ class ServePipeline:
     def start(self, *, serve_metrics: bool = False) -> ServePipeline:
         s = self.settings
         self.redis = connect(s.redis)
-        self.sink = RedisSink(
-            self.redis, self.keys, sensors=self.network.sensors, features=self.network.feature_names,
-            step_ms=self.network.step_ms, ttl_s=s.redis.ttl_s, stream_maxlen=s.redis.stream_maxlen,
-        )  # fmt: skip
-        self.sink.publish_network()
         actors = self._actors or [
             make_actor(s.ray, self.spec, self.network, self.window, self.horizon)
             for _ in range(s.ray.replicas)
         ]
         self.dispatcher = Dispatcher(actors, self.spec)
         self.metrics.set_version(self.dispatcher.start())
+        self.sink = RedisSink(
+            self.redis, self.keys, sensors=self.network.sensors, features=self.dispatcher.out_features,
+            step_ms=self.network.step_ms, ttl_s=s.redis.ttl_s, stream_maxlen=s.redis.stream_maxlen,
+        )  # fmt: skip
+        self.sink.publish_network()
+        self.online = OnlineEvaluator(
+            horizon=self.horizon, step_ms=self.network.step_ms, targets=self.dispatcher.targets,
+            rolling_steps=s.online.rolling_steps, zero_is_missing=s.online.zero_is_missing,
+        )  # fmt: skip
+        self.sink.add_event("serving", self.dispatcher.version, {"spec": self.spec.ref})
         self.ingest.start()
         self.metrics.attach_ledger(self.ingest.ingestor.ledger.snapshot)
         self._recover(self.ingest.resumed_after)
@@ -144,10 +153,35 @@ class ServePipeline:
         """One cycle; returns the number of steps forecast."""
         before = self.steps_forecast
         self.ingest.poll_once(timeout_ms, on_sealed=self._on_sealed)
-        wm = self.ingest.ingestor.windower.watermark() if self.ingest.ingestor else None
+        if time.monotonic() >= self._next_health:
+            self._next_health = time.monotonic() + self.settings.online.health_interval_s
+            self.publish_health()
+        return self.steps_forecast - before
+
+    def publish_health(self) -> dict[str, Any]:
+        """Ingest health to Prometheus and Redis (the dashboard reads it there)."""
+        assert self.sink is not None and self.ingest.ingestor is not None
+        snap = self.ingest.ingestor.ledger.snapshot()["total"]
+        wm = self.ingest.ingestor.windower.watermark()
         if wm is not None:
             self.metrics.watermark.set(wm)
-        return self.steps_forecast - before
+        t0, n0 = self._health_mark
+        now = time.monotonic()
+        rate = (snap["received"] - n0) / (now - t0) if now > t0 else 0.0
+        self._health_mark = (now, snap["received"])
+        health = {
+            "ledger": {k: v for k, v in snap.items() if k != "dead_by_reason"},
+            "dead_by_reason": snap["dead_by_reason"],
+            "lag": self.lag(),
+            "watermark": wm if wm is not None else -1,
+            "last_sealed": self.ingest.ingestor.windower.sealed_through or -1,
+            "steps_forecast": self.steps_forecast,
+            "readings_per_s": round(rate, 1),
+            "model_version": self.dispatcher.version if self.dispatcher else "",
+            "updated_ms": wall_ms(),
+        }
+        self.sink.write_health(health)
+        return health
 
     def drain(self) -> int:
         """End of a finite stream: seal and forecast everything still open."""
@@ -156,15 +190,32 @@ class ServePipeline:
         return self.steps_forecast - before
 
     def _on_sealed(self, sealed: list[SealedStep]) -> None:
+        assert self.sink is not None and self.online is not None
         self.metrics.steps_sealed.inc(len(sealed))
         self.metrics.last_sealed.set(sealed[-1].step_ts)
         sealed_at = time.monotonic()
         pending = _Pending()
+        scored = False
         for step in sealed:
+            scored |= self.online.observe(step.step_ts, step.values, step.mask) is not None
             self.rolling.push(step)
             if self.rolling.ready:
                 pending.add(self.rolling, step.step_ts, sealed_at)
         self._forecast(pending)
+        self.sink.write_actuals([(st.step_ts, st.values, st.mask) for st in sealed])
+        if scored:
+            self._publish_online(sealed[-1].step_ts)
+
+    def _publish_online(self, step_ts: int) -> None:
+        assert self.sink is not None and self.online is not None and self.dispatcher is not None
+        rolling = self.online.rolling(self.dispatcher.version)
+        for h, (mae, rmse) in enumerate(zip(rolling["mae"], rolling["rmse"], strict=True), 1):  # type: ignore[arg-type]
+            self.metrics.online_mae.labels(str(h)).set(mae)
+            self.metrics.online_rmse.labels(str(h)).set(rmse)
+        cumulative = {v: sums.scores() for v, sums in self.online.cumulative.items()}
+        self.sink.write_online(
+            step_ts, cumulative, rolling, self.online.mean_rolling_mae(self.dispatcher.version)
+        )
 
     def _forecast(self, pending: _Pending) -> int:
         if not pending.step_ts:
@@ -178,6 +229,8 @@ class ServePipeline:
         version = self.dispatcher.version
         for b, step_ts in enumerate(pending.step_ts):
             self.sink.write(StepForecast(step_ts, version, out[b], wall_ms()))
+            if self.online is not None:
+                self.online.record_forecast(step_ts, version, out[b])
             self.metrics.seal_to_redis_seconds.observe(time.monotonic() - pending.sealed_at[b])
         self.metrics.steps_forecast.inc(len(pending.step_ts))
         self.steps_forecast += len(pending.step_ts)

@@ -135,6 +135,65 @@ class RedisSink:
             self.skipped += 1
         return new
 
+    def write_actuals(self, steps: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Sealed steps `(step_ts, values [N, F], mask [N, F])` for consumers that chart actuals."""
+        if not steps:
+            return
+
+        def op() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for step_ts, values, mask in steps:
+                fields = {
+                    "step_ts": step_ts,
+                    "shape": f"{values.shape[0]},{values.shape[1]}",
+                    "values": np.ascontiguousarray(values, dtype="<f4").tobytes(),
+                    "mask": np.ascontiguousarray(mask, dtype=np.uint8).tobytes(),
+                }
+                pipe.xadd(self.keys.actuals, fields, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.expire(self.keys.actuals, self.ttl_s)
+            return pipe.execute()
+
+        self._retrying(op)
+
+    def write_online(self, step_ts: int, cumulative: dict[str, dict[str, Any]], rolling: dict[str, Any],
+                     mean_mae: float) -> None:  # fmt: skip
+        """Online scores: all-time per version, the serving model's rolling scores, and a history entry."""
+
+        def op() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for version, scores in cumulative.items():
+                pipe.set(
+                    self.keys.online(version), orjson.dumps({**scores, "last_step": step_ts}), ex=self.ttl_s
+                )
+            pipe.set(self.keys.online_rolling, orjson.dumps({**rolling, "step_ts": step_ts}), ex=self.ttl_s)
+            pipe.xadd(
+                self.keys.online_history,
+                {"step_ts": step_ts, "model_version": str(rolling.get("model_version")),
+                 "mae": orjson.dumps(rolling.get("mae", [])), "mean_mae": mean_mae},
+                maxlen=self.stream_maxlen, approximate=True,
+            )  # fmt: skip
+            pipe.expire(self.keys.online_history, self.ttl_s)
+            return pipe.execute()
+
+        self._retrying(op)
+
+    def write_health(self, health: dict[str, Any]) -> None:
+        fields = {k: v if isinstance(v, (int, float, str)) else orjson.dumps(v) for k, v in health.items()}
+
+        def op() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(self.keys.health, mapping=fields)  # type: ignore[arg-type]
+            pipe.expire(self.keys.health, self.ttl_s)
+            return pipe.execute()
+
+        self._retrying(op)
+
+    def add_event(self, kind: str, model_version: str, detail: dict[str, Any] | None = None) -> None:
+        """Model lifecycle events (serving, drift, retrain_*, promoted, rejected, rollback)."""
+        fields = {"ts": time.time_ns() // 1_000_000, "type": kind, "model_version": model_version,
+                  "detail": orjson.dumps(detail or {}, default=str)}  # fmt: skip
+        self._retrying(lambda: self.client.xadd(self.keys.events, fields, maxlen=10_000, approximate=True))  # type: ignore[arg-type]
+
     def done_steps(self, model_version: str) -> list[int]:
         """Steps already forecast by a version (within the TTL window), ascending."""
         return [int(float(s)) for s in self.client.zrange(self.keys.done(model_version), 0, -1)]

@@ -1,0 +1,126 @@
+"""Online evaluation: when a step's actual values are sealed, score every live forecast that targeted it.
+
+A forecast issued after step `s` (its last input step) targets steps `s + h·step` for h = 1..H. When step
+`t` seals, the forecasts issued at `t - h·step` are compared with it at horizon h, under the training
+protocol's masking (as `training.metrics`: missing targets excluded everywhere, zero targets also for
+traffic networks with `zero_is_missing`, and |y| < MAPE_EPS for MAPE). Scores accumulate per model version (all-time) and over a rolling
+window of the last `rolling_steps` sealed steps for the serving model — the drift signal retraining uses.
+Pure numpy; the pipeline writes the results to Redis and Prometheus.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.metrics import MAPE_EPS
+
+
+@dataclass
+class _StepScore:
+    """Error sums of one sealed step, per horizon: abs, sq, n `[H]`."""
+
+    step_ts: int
+    version: str
+    abs: np.ndarray
+    sq: np.ndarray
+    n: np.ndarray
+
+
+class Sums:
+    """All-time error sums of one model version, per horizon `[H]`."""
+
+    def __init__(self, horizon: int) -> None:
+        self.abs, self.sq, self.n = np.zeros(horizon), np.zeros(horizon), np.zeros(horizon)
+        self.ape, self.n_ape = np.zeros(horizon), np.zeros(horizon)
+
+    def scores(self) -> dict[str, list[float]]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {
+                "mae": (self.abs / self.n).tolist(),
+                "rmse": np.sqrt(self.sq / self.n).tolist(),
+                "mape": (100 * self.ape / self.n_ape).tolist(),
+                "n": self.n.astype(int).tolist(),
+            }
+
+
+class OnlineEvaluator:
+    def __init__(
+        self,
+        *,
+        horizon: int,
+        step_ms: int,
+        targets: tuple[int, ...],
+        rolling_steps: int = 288,
+        zero_is_missing: bool = False,
+    ) -> None:
+        self.horizon = horizon
+        self.step_ms = step_ms
+        self.targets = list(targets)
+        self.zero_is_missing = zero_is_missing
+        self._issued: dict[int, tuple[str, np.ndarray]] = {}  # last input step -> (version, [H, N, out])
+        self.cumulative: dict[str, Sums] = {}
+        self._rolling: deque[_StepScore] = deque(maxlen=rolling_steps)
+
+    def record_forecast(self, step_ts: int, version: str, values: np.ndarray) -> None:
+        """values [H, N, out] in original units, issued after step `step_ts`."""
+        self._issued[step_ts] = (version, values)
+
+    def observe(self, step_ts: int, values: np.ndarray, mask: np.ndarray) -> _StepScore | None:
+        """The sealed step's actuals `values`, `mask` [N, F]; scores the forecasts that targeted it."""
+        actual = values[:, self.targets].astype(np.float64)  # [N, out]
+        keep = (mask[:, self.targets] > 0) & np.isfinite(actual)  # [N, out]
+        if self.zero_is_missing:
+            keep &= actual != 0
+        h_abs, h_sq, h_n = np.zeros(self.horizon), np.zeros(self.horizon), np.zeros(self.horizon)
+        version = None
+        for h in range(1, self.horizon + 1):
+            issued = self._issued.get(step_ts - h * self.step_ms)
+            if issued is None:
+                continue
+            version, forecast = issued
+            pred = forecast[h - 1].astype(np.float64)  # [N, out]
+            ok = keep & np.isfinite(pred)
+            err = np.where(ok, pred - actual, 0.0)  # [N, out]
+            nonzero = ok & (np.abs(actual) > MAPE_EPS)
+            h_abs[h - 1], h_sq[h - 1], h_n[h - 1] = np.abs(err).sum(), (err**2).sum(), ok.sum()
+            sums = self.cumulative.setdefault(version, Sums(self.horizon))
+            sums.abs[h - 1] += h_abs[h - 1]
+            sums.sq[h - 1] += h_sq[h - 1]
+            sums.n[h - 1] += h_n[h - 1]
+            sums.ape[h - 1] += (np.abs(err)[nonzero] / np.abs(actual[nonzero])).sum()
+            sums.n_ape[h - 1] += nonzero.sum()
+        oldest = step_ts - self.horizon * self.step_ms
+        for ts in [t for t in self._issued if t <= oldest]:
+            del self._issued[ts]
+        if version is None:
+            return None
+        score = _StepScore(step_ts, version, h_abs, h_sq, h_n)
+        self._rolling.append(score)
+        return score
+
+    def rolling(self, version: str | None = None) -> dict[str, list[float] | int | str | None]:
+        """Rolling MAE/RMSE per horizon over the last steps (of `version` only, when given)."""
+        scores = [s for s in self._rolling if version is None or s.version == version]
+        if not scores:
+            return {"mae": [], "rmse": [], "n": [], "steps": 0, "model_version": version}
+        a = np.sum([s.abs for s in scores], axis=0)
+        q = np.sum([s.sq for s in scores], axis=0)
+        n = np.sum([s.n for s in scores], axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mae, rmse = a / n, np.sqrt(q / n)
+        return {
+            "mae": [float(x) for x in mae],
+            "rmse": [float(x) for x in rmse],
+            "n": [int(x) for x in n],
+            "steps": len(scores),
+            "model_version": version or scores[-1].version,
+        }
+
+    def mean_rolling_mae(self, version: str | None = None) -> float:
+        """One number for drift checks: rolling MAE pooled over all horizons."""
+        scores = [s for s in self._rolling if version is None or s.version == version]
+        n = sum(float(s.n.sum()) for s in scores)
+        return sum(float(s.abs.sum()) for s in scores) / n if n else float("nan")
