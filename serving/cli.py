@@ -235,6 +235,53 @@ def simulate(
 
 
 @app.command()
+def forecasts(
+    redis_url: Annotated[str | None, typer.Option("--redis-url", help="redis://host:port/db")] = None,
+    network: Annotated[str, typer.Option(help="network name (the key's {tag})")] = "sim",
+    sensor: Annotated[
+        list[str] | None, typer.Option(help="sensor id (repeatable); default: the first 10")
+    ] = None,
+    follow: Annotated[bool, typer.Option(help="print each new step as it is published")] = False,
+    config: ConfigFile = None,
+) -> None:
+    """Print the latest forecasts from Redis (what any consumer reads); --follow for live updates."""
+    from rich.table import Table
+
+    from serving.client import ForecastClient
+
+    settings = _settings(config, None, redis_url, None)
+    if settings.redis.url is None:
+        raise typer.BadParameter("pass --redis-url redis://HOST:PORT/0 (or SENSORCAST_REDIS__URL)")
+    from serving.sink import connect
+
+    client = ForecastClient(connect(settings.redis), network, settings.redis.key_prefix)
+    chosen = list(sensor) if sensor else client.sensors()[:10]
+    if not chosen:
+        raise typer.BadParameter(
+            f"no forecasts for network {network!r} under prefix {settings.redis.key_prefix!r}"
+        )
+
+    def show() -> None:
+        table = Table(title=f"latest forecasts — {network}")
+        for col in ("sensor", "step (UTC ms)", "model", "feature", "forecast h=1..H"):
+            table.add_column(col)
+        for s, fc in client.latest(chosen).items():
+            for k, feat in enumerate(fc.features):
+                vals = " ".join(f"{v:.1f}" for v in fc.forecast[:, k])
+                table.add_row(s, str(fc.step_ts), fc.model_version, feat, vals)
+        console.print(table)
+
+    show()
+    if follow:
+        try:
+            for note in client.follow():
+                console.print(f"step {note['step_ts']} by {note['model_version']}")
+                show()
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
 def ingest(
     network_file: Annotated[Path, typer.Option("--network", help="network TOML/JSON")],
     archive: Annotated[Path, typer.Option(help="archive root (Parquet sealed steps + late log)")],

@@ -187,6 +187,7 @@ class ServePipeline:
         """End of a finite stream: seal and forecast everything still open."""
         before = self.steps_forecast
         self.ingest.drain(on_sealed=self._on_sealed)
+        self.publish_health()
         return self.steps_forecast - before
 
     def _on_sealed(self, sealed: list[SealedStep]) -> None:
@@ -195,13 +196,15 @@ class ServePipeline:
         self.metrics.last_sealed.set(sealed[-1].step_ts)
         sealed_at = time.monotonic()
         pending = _Pending()
-        scored = False
         for step in sealed:
-            scored |= self.online.observe(step.step_ts, step.values, step.mask) is not None
             self.rolling.push(step)
             if self.rolling.ready:
                 pending.add(self.rolling, step.step_ts, sealed_at)
         self._forecast(pending)
+        # score after forecasting: a step sealed in this batch is the target of forecasts issued earlier in it
+        scored = False
+        for step in sealed:
+            scored |= self.online.observe(step.step_ts, step.values, step.mask) is not None
         self.sink.write_actuals([(st.step_ts, st.values, st.mask) for st in sealed])
         if scored:
             self._publish_online(sealed[-1].step_ts)

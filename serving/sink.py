@@ -178,7 +178,11 @@ class RedisSink:
         self._retrying(op)
 
     def write_health(self, health: dict[str, Any]) -> None:
-        fields = {k: v if isinstance(v, (int, float, str)) else orjson.dumps(v) for k, v in health.items()}
+        opt = orjson.OPT_NON_STR_KEYS
+        fields = {
+            k: v if isinstance(v, (int, float, str)) else orjson.dumps(v, option=opt)
+            for k, v in health.items()
+        }
 
         def op() -> Any:
             pipe = self.client.pipeline(transaction=False)
