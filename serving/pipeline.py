@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,7 @@ class ServePipeline:
         self.steps_forecast = 0
         self.metrics_port: int | None = None
         self.online: OnlineEvaluator | None = None
+        self.latencies_s: deque[float] = deque(maxlen=10_000)  # seal→Redis per step, for benchmarks
         self._next_health = 0.0
         self._health_mark: tuple[float, int] = (time.monotonic(), 0)
 
@@ -234,7 +236,9 @@ class ServePipeline:
             self.sink.write(StepForecast(step_ts, version, out[b], wall_ms()))
             if self.online is not None:
                 self.online.record_forecast(step_ts, version, out[b])
-            self.metrics.seal_to_redis_seconds.observe(time.monotonic() - pending.sealed_at[b])
+            latency = time.monotonic() - pending.sealed_at[b]
+            self.metrics.seal_to_redis_seconds.observe(latency)
+            self.latencies_s.append(latency)
         self.metrics.steps_forecast.inc(len(pending.step_ts))
         self.steps_forecast += len(pending.step_ts)
         return len(pending.step_ts)
