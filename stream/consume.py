@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from stream.archive import Archive
 from stream.config import KafkaSettings, WindowSettings
+from stream.datasets import ARCHIVE_NETWORK_FILE
 from stream.ingest import Ingestor
 from stream.kafka_io import DeadLetterProducer, IngestConsumer, ensure_topics
 from stream.network import Network
@@ -27,6 +29,10 @@ from stream.window import SealedStep
 log = logging.getLogger(__name__)
 
 OnSealed = Callable[[list[SealedStep]], Any]
+
+
+class ArchiveMismatch(RuntimeError):
+    """The archive folder holds another network's steps."""
 
 
 def wall_ms() -> int:
@@ -58,6 +64,7 @@ class IngestService:
         self._assigned_at: dict[int, int] = {}
 
     def start(self) -> IngestService:
+        self._claim_archive()
         ensure_topics(
             self.kafka, {self.kafka.readings_topic: self.kafka.partitions, self.kafka.dead_letter_topic: 1}
         )
@@ -78,6 +85,20 @@ class IngestService:
             extra={"topic": self.kafka.readings_topic, "resume_after_step": self.resumed_after},
         )
         return self
+
+    def _claim_archive(self) -> None:
+        """Record the network beside the archive (retraining reads it); refuse another network's archive."""
+        path = Path(self.archive.root) / ARCHIVE_NETWORK_FILE
+        if path.exists():
+            theirs = Network.load(path)
+            if theirs.fingerprint() != self.network.fingerprint():
+                raise ArchiveMismatch(
+                    f"archive {self.archive.root} belongs to network {theirs.name!r} ({theirs.n_sensors} sensors), "
+                    f"not {self.network.name!r} ({self.network.n_sensors}): use another --archive folder"
+                )
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.network.save(path)
 
     def poll_once(self, timeout_ms: int = 200, on_sealed: OnSealed | None = None) -> list[SealedStep]:
         """One cycle; returns the steps sealed (and archived) in it."""

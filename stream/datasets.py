@@ -250,11 +250,34 @@ def datasets_root() -> Path | None:
     return root.resolve() if root.is_dir() else None
 
 
+def read_archive(
+    root: str | Path, *, start_ms: int | None = None, end_ms: int | None = None, zero_is_missing: bool = False
+) -> SensorDataset:
+    """The stream's own archive (sealed steps in Parquet + `network.toml`) as a dataset: what retraining
+    reads. `start_ms`/`end_ms` bound the steps (end exclusive)."""
+    from stream.archive import Archive
+
+    root = Path(root)
+    net_file = root / ARCHIVE_NETWORK_FILE
+    if not net_file.exists():
+        raise DatasetError(f"{root} has no {ARCHIVE_NETWORK_FILE}: not a sensorcast archive")
+    network = Network.load(net_file)
+    step_ts, values, mask = Archive(root, network).read(start_ms=start_ms, end_ms=end_ms)
+    if len(step_ts) == 0:
+        raise DatasetError(f"archive {root} holds no sealed steps in the requested range")
+    return SensorDataset(network, values, mask, step_ts, zero_is_missing=zero_is_missing)
+
+
+ARCHIVE_NETWORK_FILE = "network.toml"
+
+
 def load_dataset(path: str | Path) -> SensorDataset:
     """Read a dataset folder or file, recognising its layout by the files present."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"no dataset at {path}")
+    if path.is_dir() and (path / ARCHIVE_NETWORK_FILE).exists() and (path / "steps").is_dir():
+        return read_archive(path)
     folder = path if path.is_dir() else path.parent
     csvs = sorted(folder.glob("*.csv"))
     if path.is_file():

@@ -116,3 +116,32 @@ def test_de_pm10_replay_keeps_real_gaps(fresh_settings: Settings, datasets_dir, 
     assert 0.2 < 1 - want.mean() < 0.9, "this slice should have real gaps"
     np.testing.assert_array_equal(mask.astype(bool), want)
     np.testing.assert_array_equal(values[want], ds.values[start : start + steps].astype(np.float32)[want])
+
+
+def test_archive_reads_back_as_a_dataset_and_refuses_another_network(
+    fresh_settings: Settings, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from stream.archive import Archive as _Archive
+    from stream.consume import ArchiveMismatch
+    from stream.network import Network
+    from stream.window import SealedStep
+
+    net = Network.simple("arch", 3, ["speed"], step_ms=60_000)
+    root = tmp_path / "arch"
+    svc = IngestService(fresh_settings.kafka, fresh_settings.window, _Archive(root, net), net)
+    svc._claim_archive()
+    steps = [
+        SealedStep(60_000 * (1000 + t), np.full((3, 1), t, np.float32), np.ones((3, 1), np.uint8), 3)
+        for t in range(5)
+    ]
+    svc.archive.append(steps)
+    ds = load_dataset(root)
+    assert ds.network.fingerprint() == net.fingerprint()
+    np.testing.assert_array_equal(ds.values[:, 0, 0], np.arange(5))
+    other = Network.simple("other", 4, ["speed"], step_ms=60_000)
+    with pytest.raises(ArchiveMismatch, match="belongs to network 'arch'"):
+        IngestService(
+            fresh_settings.kafka, fresh_settings.window, _Archive(root, other), other
+        )._claim_archive()
