@@ -21,14 +21,18 @@ from rich.console import Console
 
 from serving import logs
 from serving.config import Settings, load_settings
+from serving.dashboard.command import dashboard as dashboard_command
 from serving.embedded import EmbeddedRuntime, rss_mb
 from serving.forecaster import ModelSpec
+from serving.plots import plot_app
 from stream.network import Network
 from stream.simulate import simulated_network
 from training.cli import app as training_app
 
 app = typer.Typer(help="sensorcast: streaming forecasts for sensor networks.", no_args_is_help=True)
 app.registered_commands.extend(training_app.registered_commands)  # train, evaluate, explain
+app.command("dashboard")(dashboard_command)
+app.add_typer(plot_app, name="plot")
 console = Console()
 log = logging.getLogger("sensorcast")
 
@@ -106,6 +110,7 @@ def demo(
     ] = "baseline:persistence",
     data_dir: Annotated[Path, typer.Option(help="archive and registry root")] = Path("sensorcast-data/demo"),
     show: Annotated[int, typer.Option(help="sensors shown in the live table")] = 8,
+    dashboard: Annotated[bool, typer.Option(help="serve the live dashboard and print its URL")] = True,
     bootstrap: Bootstrap = None,
     redis_url: RedisUrl = None,
     ray_address: RayAddress = None,
@@ -138,6 +143,12 @@ def demo(
                 stop.set()
 
         pipeline.start(serve_metrics=True)
+        if dashboard:
+            from serving.dashboard.app import start_in_thread
+
+            url = start_in_thread(settings.redis.url.get_secret_value(), network, settings.redis.key_prefix,
+                                  registry=data_dir / "registry").url  # fmt: skip
+            console.print(f"dashboard: [bold]{url}[/bold]")
         producer = threading.Thread(target=produce, name="simulator", daemon=True)
         producer.start()
         view = LiveView(console, pipeline, show=show, started=t_start)
