@@ -69,6 +69,33 @@ class OnlineSettings(BaseModel):
     health_interval_s: float = Field(default=1.0, gt=0, description="how often ingest health goes to Redis")
 
 
+class RetrainSettings(BaseModel):
+    """When and how to retrain; `enabled=False` turns the loop off."""
+
+    enabled: bool = False
+    registry: Path = Path("sensorcast-data/registry")
+    every_steps: int = Field(default=0, ge=0, description="retrain every K sealed steps (0 = off)")
+    interval_s: float = Field(default=0.0, ge=0, description="retrain every so many seconds (0 = off)")
+    drift_margin: float = Field(default=0.25, ge=0, description="rolling MAE above reference by this share")
+    drift_patience: int = Field(default=3, ge=1, description="consecutive drifting steps before a trigger")
+    min_steps: int = Field(default=200, ge=1, description="archived steps needed before a first job")
+    history_steps: int = Field(default=2016, ge=1, description="sliding range of recent steps trained on")
+    holdout_steps: int = Field(
+        default=48, ge=2, description="newest steps kept for the gate, never trained on"
+    )
+    promote_margin: float = Field(
+        default=0.02, ge=0, description="challenger must beat champion by this share"
+    )
+    model: str = "stformer"
+    preset: str = "small"
+    epochs: int = Field(default=20, ge=1)
+    time_budget_s: float = Field(default=120.0, gt=0)
+    workers: int = Field(default=2, ge=0, description="Ray Train workers (0 = train in-process)")
+    cpus_per_worker: float = Field(default=0.5, gt=0)
+    backoff_s: float = Field(default=30.0, ge=0, description="first wait after a failed job; doubles")
+    warm_start: bool = True
+
+
 class MetricsSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="bind address of /metrics; 0.0.0.0 in containers")
     port: int = Field(default=0, ge=0, description="Prometheus /metrics port; 0 = pick a free one")
@@ -86,6 +113,7 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = ArchiveSettings()
     metrics: MetricsSettings = MetricsSettings()
     online: OnlineSettings = OnlineSettings()
+    retrain: RetrainSettings = RetrainSettings()
     network_file: Path | None = Field(default=None, description="network TOML/JSON; None = the simulator's")
 
     @classmethod

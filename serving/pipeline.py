@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,8 +26,10 @@ from serving.config import Settings
 from serving.dispatch import Dispatcher
 from serving.forecaster import ModelSpec, make_actor
 from serving.keys import Keys
+from serving.lifecycle import Follower, bootstrap, resolve
 from serving.metrics import ServeMetrics
 from serving.online import OnlineEvaluator
+from serving.retrain import Retrainer
 from serving.sink import RedisSink, StepForecast, connect
 from stream.archive import Archive
 from stream.consume import IngestService, wall_ms
@@ -88,6 +91,10 @@ class ServePipeline:
         self.metrics_port: int | None = None
         self.online: OnlineEvaluator | None = None
         self.latencies_s: deque[float] = deque(maxlen=10_000)  # seal→Redis per step, for benchmarks
+        self.registry_root: Path | None = None
+        self.follower: Follower | None = None
+        self.retrainer: Retrainer | None = None
+        self.champion: Any = None  # the serving model as a local Predictor, for the retraining gate
         self._next_health = 0.0
         self._health_mark: tuple[float, int] = (time.monotonic(), 0)
 
@@ -99,6 +106,12 @@ class ServePipeline:
     def start(self, *, serve_metrics: bool = False) -> ServePipeline:
         s = self.settings
         self.redis = connect(s.redis)
+        self.spec, self.registry_root = resolve(self.spec.ref)
+        if s.retrain.enabled:
+            self.registry_root = self.registry_root or s.retrain.registry
+            self.spec = bootstrap(self.registry_root, self.spec, self.network, self.window, self.horizon)
+        if self.registry_root is not None:
+            self.follower = Follower(self.registry_root)
         actors = self._actors or [
             make_actor(s.ray, self.spec, self.network, self.window, self.horizon)
             for _ in range(s.ray.replicas)
@@ -116,6 +129,12 @@ class ServePipeline:
         )  # fmt: skip
         self.sink.add_event("serving", self.dispatcher.version, {"spec": self.spec.ref})
         self.ingest.start()
+        if s.retrain.enabled:
+            from training.registry import Registry
+
+            self.retrainer = Retrainer(s.retrain, self.archive, self.network, window=self.window,
+                                       horizon=self.horizon, registry=Registry(self.registry_root))  # fmt: skip
+            self.champion = self._local_predictor(self.spec)
         self.metrics.attach_ledger(self.ingest.ingestor.ledger.snapshot)
         self._recover(self.ingest.resumed_after)
         if serve_metrics:
@@ -126,7 +145,65 @@ class ServePipeline:
         return self
 
     def close(self) -> None:
+        if self.retrainer is not None:
+            self.retrainer.close()
         self.ingest.close()
+
+    # -- model lifecycle -------------------------------------------------------------------------------
+    def _local_predictor(self, spec: ModelSpec) -> Any:
+        from serving.forecaster import build_predictor
+
+        return build_predictor(spec, self.network, self.window, self.horizon)
+
+    def swap(self, spec: ModelSpec, why: str) -> str:
+        """Hot swap between cycles: the next sealed step is forecast by the new version."""
+        assert self.dispatcher is not None and self.sink is not None
+        old = self.dispatcher.version
+        version = self.dispatcher.load(spec)
+        self.spec = spec
+        self.metrics.set_version(version)
+        if self.retrainer is not None:
+            self.champion = self._local_predictor(spec)
+        self.sink.add_event("serving", version, {"previous": old, "why": why, "spec": spec.ref})
+        log.info("model swapped", extra={"from": old, "to": version, "why": why})
+        return version
+
+    def _lifecycle(self) -> None:
+        assert self.sink is not None and self.dispatcher is not None
+        if self.retrainer is not None:
+            from training.registry import Registry
+
+            result = self.retrainer.poll()
+            if isinstance(result, Exception):
+                self.sink.add_event("retrain_failed", self.dispatcher.version, {"error": repr(result)})
+            elif result is not None:
+                kind = "promoted" if result.promoted else "rejected"
+                self.sink.add_event(kind, result.version, {"reason": result.reason, **result.figures})
+                if result.promoted:
+                    assert self.registry_root is not None
+                    self.swap(ModelSpec(Registry(self.registry_root).show(result.version).path), "promoted")
+        if self.follower is not None:
+            new = self.follower.changed(self.spec.ref)
+            if new is not None:
+                self.swap(new, "registry champion changed")
+
+    def _retrain_triggers(self, n_steps: int) -> None:
+        assert self.retrainer is not None and self.online is not None and self.dispatcher is not None
+        version = self.dispatcher.version
+        rolling = self.online.rolling(version)
+        full = int(rolling["steps"] or 0) >= self.settings.online.rolling_steps  # type: ignore[call-overload]
+        mae = self.online.mean_rolling_mae(version)
+        for _ in range(n_steps):
+            trigger = self.retrainer.on_step(version, mae, full)
+            if trigger is not None:
+                if trigger == "drift":
+                    ref = self.retrainer.reference(version)
+                    assert self.sink is not None
+                    self.sink.add_event("drift", version, {"rolling_mae": mae, "reference_mae": ref})
+                meta = self.retrainer.launch(trigger, self.spec.ref, self.champion)
+                assert self.sink is not None
+                self.sink.add_event("retrain_started", version, meta)
+                break
 
     # -- recovery --------------------------------------------------------------------------------------
     def _recover(self, resume: int | None) -> None:
@@ -155,6 +232,7 @@ class ServePipeline:
         """One cycle; returns the number of steps forecast."""
         before = self.steps_forecast
         self.ingest.poll_once(timeout_ms, on_sealed=self._on_sealed)
+        self._lifecycle()
         if time.monotonic() >= self._next_health:
             self._next_health = time.monotonic() + self.settings.online.health_interval_s
             self.publish_health()
@@ -210,6 +288,8 @@ class ServePipeline:
         self.sink.write_actuals([(st.step_ts, st.values, st.mask) for st in sealed])
         if scored:
             self._publish_online(sealed[-1].step_ts)
+        if self.retrainer is not None:
+            self._retrain_triggers(len(sealed))
 
     def _publish_online(self, step_ts: int) -> None:
         assert self.sink is not None and self.online is not None and self.dispatcher is not None

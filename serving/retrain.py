@@ -1,0 +1,234 @@
+"""Continuous retraining beside serving: triggers, a Ray Train job on the archive, the champion/challenger
+gate, and the decision recorded in the registry. The hot swap itself is the pipeline's (between steps).
+
+Triggers: every `every_steps` sealed steps, every `interval_s` seconds, and on **drift** — the serving
+model's rolling online MAE above its reference (the rolling MAE when its window first filled) by
+`drift_margin` for `drift_patience` consecutive steps. One job at a time, in a background thread (the
+serving loop never waits for it); a failed job (exception, non-finite loss or forecasts) leaves the
+champion untouched, is reported as an event, and the next trigger waits an exponential backoff.
+
+The job trains on a sliding range of recent archived steps, excluding the newest `holdout_steps`; the
+gate scores challenger, champion and persistence on those held-out steps (never trained on) with the
+evaluation protocol's masked metrics and promotes the challenger only if it beats both by
+`promote_margin`. Every decision, with its figures, goes to the registry and the events stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.config import RetrainSettings
+from stream.archive import Archive
+from stream.datasets import ARCHIVE_NETWORK_FILE, SensorDataset, read_archive
+from stream.network import Network
+from stream.window import SealedStep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decision:
+    """The gate's verdict with its figures (MAE averaged over horizons, on the held-out steps)."""
+
+    promoted: bool
+    version: str
+    reason: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingFailed(RuntimeError):
+    """A training job crashed or produced a model that cannot be used (non-finite loss or forecasts)."""
+
+
+def export_range(archive: Archive, network: Network, start_ms: int, end_ms: int, dest: Path) -> Path:
+    """Copy archived steps [start_ms, end_ms) into a mini-archive the training side reads as a dataset."""
+    step_ts, values, mask = archive.read(start_ms=start_ms, end_ms=end_ms)
+    if len(step_ts) == 0:
+        raise TrainingFailed(f"no archived steps in [{start_ms}, {end_ms})")
+    dest.mkdir(parents=True, exist_ok=True)
+    network.save(dest / ARCHIVE_NETWORK_FILE)
+    Archive(dest, network).append([SealedStep(int(t), values[i], mask[i], 0) for i, t in enumerate(step_ts)])
+    return dest
+
+
+def gate(challenger: Any, champion: Any, persistence: Any, holdout: SensorDataset, margin: float) -> Decision:
+    """Score the three predictors on every window of `holdout` and decide."""
+    from training.data import Protocol
+    from training.evaluate import evaluate
+
+    t = holdout.n_steps
+    targets = tuple(holdout.network.feature_index[n] for n in challenger.out_features)
+    protocol = Protocol("gate", challenger.window, challenger.horizon, (0, 0), (0, 0), (0, t), targets, ())
+    scores = {
+        name: evaluate(p, holdout, split="test", protocol=protocol)["average"]
+        for name, p in (("challenger", challenger), ("champion", champion), ("persistence", persistence))
+    }
+    mae = {name: s["mae"] for name, s in scores.items()}
+    figures = {
+        "mae": mae,
+        "rmse": {n: s["rmse"] for n, s in scores.items()},
+        "windows": t - protocol.window - protocol.horizon + 1,
+    }
+    if not math.isfinite(mae["challenger"]):
+        return Decision(False, challenger.version, "challenger forecasts are not finite", figures)
+    bar = min(mae["champion"], mae["persistence"]) * (1 - margin)
+    if mae["challenger"] < bar:
+        reason = (f"challenger MAE {mae['challenger']:.4f} < {bar:.4f} (champion {mae['champion']:.4f}, "
+                  f"persistence {mae['persistence']:.4f}, margin {margin:.0%})")  # fmt: skip
+        return Decision(True, challenger.version, reason, figures)
+    reason = (f"challenger MAE {mae['challenger']:.4f} not below {bar:.4f} (champion {mae['champion']:.4f}, "
+              f"persistence {mae['persistence']:.4f}, margin {margin:.0%})")  # fmt: skip
+    return Decision(False, challenger.version, reason, figures)
+
+
+class Retrainer:
+    """Owned by the serving pipeline: `on_step()` after each sealed step, `poll()` each cycle."""
+
+    def __init__(self, settings: RetrainSettings, archive: Archive, network: Network, *, window: int,
+                 horizon: int, registry: Any) -> None:  # fmt: skip
+        self.settings = settings
+        self.archive = archive
+        self.network = network
+        self.window = window
+        self.horizon = horizon
+        self.registry = registry
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
+        self._job: Future[dict[str, Any]] | None = None
+        self._steps_since = 0
+        self._last_start = time.monotonic()
+        self._drifting = 0
+        self._reference: dict[str, float] = {}  # model version -> reference rolling MAE
+        self._backoff_until = 0.0
+        self._failures = 0
+        self.decisions: list[Decision] = []
+        last = archive.last_step()
+        if last is None:
+            self._archived = 0
+        else:  # how many steps the archive already holds, up to what a job needs
+            need = settings.min_steps + settings.holdout_steps
+            self._archived = len(archive.read(start_ms=last - need * network.step_ms)[0])
+
+    # -- triggers ----------------------------------------------------------------------------------------
+    def on_step(self, version: str, rolling_mae: float, rolling_full: bool) -> str | None:
+        """Called after each sealed step with the serving model's rolling MAE; returns a trigger or None."""
+        s = self.settings
+        self._steps_since += 1
+        self._archived += 1
+        if rolling_full and math.isfinite(rolling_mae) and version not in self._reference:
+            self._reference[version] = rolling_mae
+        ref = self._reference.get(version)
+        drifting = ref is not None and rolling_mae > ref * (1 + s.drift_margin)
+        self._drifting = self._drifting + 1 if drifting else 0
+        if self.busy or time.monotonic() < self._backoff_until:
+            return None
+        if self._archived < s.min_steps + s.holdout_steps:
+            return None
+        if self._drifting >= s.drift_patience:
+            return "drift"
+        if s.every_steps and self._steps_since >= s.every_steps:
+            return "schedule"
+        if s.interval_s and time.monotonic() - self._last_start >= s.interval_s:
+            return "interval"
+        return None
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None and not self._job.done()
+
+    def reference(self, version: str) -> float | None:
+        return self._reference.get(version)
+
+    # -- the job -----------------------------------------------------------------------------------------
+    def launch(self, reason: str, champion_path: str | None, champion: Any) -> dict[str, Any]:
+        """Start a training job + gate in the background on the recent archive; returns its description.
+        `champion` is the serving model as a local Predictor (the gate's reference)."""
+        s = self.settings
+        last = self.archive.last_step()
+        assert last is not None
+        step = self.network.step_ms
+        holdout_start = last - (s.holdout_steps - 1) * step
+        train_start = holdout_start - s.history_steps * step
+        workdir = Path(tempfile.mkdtemp(prefix="sensorcast-retrain-"))
+        meta = {"reason": reason, "train_range": [train_start, holdout_start], "holdout": [holdout_start, last + step],
+                "workdir": str(workdir), "parent": champion_path}  # fmt: skip
+        data = export_range(self.archive, self.network, train_start, holdout_start, workdir / "data")
+        config: dict[str, Any] = {
+            "dataset": str(data), "out": str(workdir / "challenger.pt"), "model": s.model, "preset": s.preset,
+            "window": self.window, "horizon": self.horizon, "epochs": s.epochs, "time_budget_s": s.time_budget_s,
+            "patience": max(3, s.epochs // 4), "threads": 1,
+        }  # fmt: skip
+        if s.warm_start and champion_path:
+            config["init_checkpoint"] = champion_path
+        self._steps_since = 0
+        self._last_start = time.monotonic()
+        self._job = self._pool.submit(self._run, config, meta, champion)
+        log.info("retraining started", extra=meta)
+        return meta
+
+    def _run(self, config: dict[str, Any], meta: dict[str, Any], champion: Any) -> Decision:
+        try:
+            return self._decide(self._train(config), champion, meta)
+        finally:
+            shutil.rmtree(meta["workdir"], ignore_errors=True)
+
+    def _train(self, config: dict[str, Any]) -> dict[str, Any]:
+        from training.train import train_func, train_with_ray
+
+        s = self.settings
+        if s.workers > 0:
+            summary = train_with_ray(config, num_workers=s.workers, cpus_per_worker=s.cpus_per_worker)
+        else:
+            summary = train_func(config)
+        loss = summary.get("best_val_mae", summary.get("val_mae"))
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingFailed(f"training produced a non-finite validation error ({loss})")
+        return summary
+
+    def poll(self) -> Decision | Exception | None:
+        """The finished job's decision, its failure, or None while none finished."""
+        if self._job is None or not self._job.done():
+            return None
+        job, self._job = self._job, None
+        try:
+            decision = job.result()
+        except Exception as exc:  # the champion stays; report, back off, retry at the next trigger
+            self._failures += 1
+            self._backoff_until = time.monotonic() + self.settings.backoff_s * 2 ** (self._failures - 1)
+            log.error("retraining failed", extra={"error": repr(exc), "trace": traceback.format_exc(limit=5)})
+            return exc
+        self._failures = 0
+        self.decisions.append(decision)
+        return decision
+
+    def _decide(self, summary: dict[str, Any], champion: Any, meta: dict[str, Any]) -> Decision:
+        from training.predictor import Predictor
+
+        path = summary["checkpoint"]
+        challenger = Predictor.from_checkpoint(path, network=self.network, device="cpu")
+        persistence = Predictor.baseline(
+            "persistence", self.network, window=self.window, horizon=self.horizon
+        )
+        start, end = meta["holdout"]
+        holdout = read_archive(self.archive.root, start_ms=start, end_ms=end)
+        decision = gate(challenger, champion, persistence, holdout, self.settings.promote_margin)
+        figures = {**decision.figures, "train_range": meta["train_range"], "holdout": meta["holdout"],
+                   "trigger": meta["reason"], "train": {k: v for k, v in summary.items() if k != "history"}}  # fmt: skip
+        record = self.registry.register(path, reason=("promoted: " if decision.promoted else "rejected: ") + decision.reason,
+                                        metrics={"gate": figures})  # fmt: skip
+        decision.version = record.version
+        decision.figures = figures
+        if decision.promoted:
+            self.registry.promote(record.version, reason=decision.reason)
+        return decision
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
