@@ -52,13 +52,21 @@ class Archive:
         self.steps_dir = self.root / "steps"
         self.late_dir = self.root / "late"
         self._files: list[tuple[int, int, Path]] = []  # (first, last, path), sorted
+        self._writing = False
         self._scan()
 
-    def _scan(self) -> None:
-        files = []
+    def _start_writing(self) -> None:
+        """Before this object's first write: remove temp files a crashed writer left (one writer per
+        root). Readers never do this — they would delete a live writer's file before its rename."""
+        if self._writing:
+            return
+        self._writing = True
         for d in (self.steps_dir, self.late_dir):
             for tmp in d.glob("date=*/.*.tmp") if d.exists() else ():
                 tmp.unlink(missing_ok=True)  # a crash between write and rename
+
+    def _scan(self) -> None:
+        files = []
         if self.steps_dir.exists():
             for path in self.steps_dir.glob("date=*/part-*.parquet"):
                 m = _PART.match(path.name)
@@ -74,6 +82,7 @@ class Archive:
 
     def append(self, steps: Sequence[SealedStep]) -> None:
         """Write the steps newer than `last_step()`, one file per UTC day; older ones are skipped."""
+        self._start_writing()
         last = self.last_step()
         todo = sorted((s for s in steps if last is None or s.step_ts > last), key=lambda s: s.step_ts)
         by_day: dict[str, list[SealedStep]] = {}
@@ -140,6 +149,7 @@ class Archive:
         """Log late readings (as returned by the windower) under `late/`, one file per UTC day."""
         if not late:
             return
+        self._start_writing()
         cols = list(zip(*late, strict=True))  # one tuple per LateReading field
         data = dict(zip(LATE_COLUMNS, cols, strict=True))
         step_ts = np.array(data["step_ts"], dtype=np.int64)

@@ -53,6 +53,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # torch threads per worker
     device: str | None = None  # plain runs only; Ray picks the worker's device
+    init_checkpoint: str | None = None  # warm start: weights of a checkpoint of the same kind and shape
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -87,6 +88,19 @@ def build_model(
     if kind == "historical_average":
         raise ValueError("historical_average is fitted, not built: use fit_historical_average")
     raise ValueError(f"unknown model {kind!r}: expected seq2seq, stformer, persistence or ha")
+
+
+def _warm_start(model: nn.Module, kind: str, path: str) -> bool:
+    """Load a checkpoint's weights when it is the same kind of model with the same shapes; else start fresh
+    (a baseline champion, or a resized network, cannot seed a learned model)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.kind != kind:
+        return False
+    own = model.state_dict()
+    if set(own) != set(ckpt.state_dict) or any(own[k].shape != v.shape for k, v in ckpt.state_dict.items()):
+        return False
+    model.load_state_dict(ckpt.state_dict)
+    return True
 
 
 def _loss(kind: str, pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -187,6 +201,8 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
         best_state = model.state_dict()
     else:
         model = build_model(kind, ds, protocol, cfg.preset, cfg.overrides)
+        if cfg.init_checkpoint:
+            _warm_start(model, kind, cfg.init_checkpoint)
         if in_ray:
             import ray.train.torch
 
@@ -297,6 +313,12 @@ def train_with_ray(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # Ray Train runs workers in their own working directory: relative paths would land there.
+    config = {
+        **config,
+        "dataset": str(Path(config["dataset"]).resolve()),
+        "out": str(Path(config["out"]).resolve()),
+    }
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(include_dashboard=False, configure_logging=False)
