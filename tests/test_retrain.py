@@ -1,0 +1,188 @@
+"""Continuous retraining against real Kafka, Redis and Ray: a drift scenario end to end (schedule promotes
+an attention model over the persistence seed; a regime change drives its online MAE up; drift triggers a
+Ray Train job; the challenger is promoted and MAE comes back), plus the two ways a challenger must fail:
+worse than the champion, or a crashing job — the champion stays and serving goes on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from serving.config import Settings
+from serving.forecaster import ModelSpec
+from serving.pipeline import ServePipeline
+from stream.kafka_io import ReadingProducer, ensure_topics
+from stream.simulate import Simulator, SimulatorConfig, simulated_network
+from training.registry import Registry
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+STEP = 1_800_000  # 30 min: a day is 48 steps, so a short run holds several daily cycles
+T0 = 1_767_225_600_000
+
+
+class Feed:
+    """Publishes the simulator at `rate` steps/s until stopped; `regime` switches the data's regime."""
+
+    def __init__(self, s: Settings, network: Any, rate: float) -> None:
+        self.s, self.network, self.rate = s, network, rate
+        self.sim = Simulator(
+            network, seed=5, config=SimulatorConfig(noise=1.0, dropout=0.01, incident_rate=0.0)
+        )
+        self.stop = threading.Event()
+        self.sent = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with ReadingProducer(self.s.kafka, self.network) as producer:
+                while not self.stop.wait(1 / self.rate):
+                    ts = T0 + self.sent * STEP
+                    producer.send_step(ts, *self.sim.step(ts))
+                    producer.flush()
+                    self.sent += 1
+        except BaseException as exc:
+            self.error = exc
+
+
+def _settings(base: Settings, tmp_path: Path, **retrain: Any) -> Settings:
+    s = base.model_copy(deep=True)
+    s.window.window, s.window.horizon = 12, 6
+    s.online.rolling_steps = 24
+    s.online.health_interval_s = 0.5
+    s.retrain = s.retrain.model_copy(update={
+        "enabled": True, "registry": tmp_path / "registry", "min_steps": 120, "holdout_steps": 30,
+        "history_steps": 160, "epochs": 30, "time_budget_s": 60, "workers": 0, "promote_margin": 0.02,
+        "drift_margin": 0.3, "drift_patience": 30, "backoff_s": 5, **retrain,
+    })  # fmt: skip
+    return s
+
+
+def _events(s: Settings, net: str) -> list[dict[str, Any]]:
+    r = redis.Redis.from_url(s.redis.url.get_secret_value())
+    out = []
+    for _, f in r.xrange(f"{s.redis.key_prefix}:{{{net}}}:events"):
+        out.append({k.decode(): v.decode() for k, v in f.items()})
+    return out
+
+
+def _run_until(pipe: ServePipeline, feed: Feed, cond: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if feed.error:
+            raise feed.error
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}; events: "
+                        f"{[e['type'] + ':' + e['model_version'] for e in _events(pipe.settings, pipe.network.name)]}")  # fmt: skip
+        pipe.poll_once(100)
+
+
+@pytest.mark.slow
+def test_drift_triggers_retraining_and_promotion(fresh_settings: Settings, tmp_path: Path) -> None:
+    s = _settings(fresh_settings, tmp_path, every_steps=150, workers=2)
+    network = simulated_network(8, name="drift", step_ms=STEP)
+    ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
+    pipe = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id="drift").start()
+    feed = Feed(s, network, rate=6.0)
+    feed.thread.start()
+    reg = Registry(s.retrain.registry)
+    try:
+        seed = reg.champion().version
+        _run_until(
+            pipe, feed, lambda: reg.champion().version != seed, 300, "the first promotion over the seed"
+        )
+        learned = reg.champion().version
+        _run_until(pipe, feed, lambda: pipe.retrainer.reference(learned) is not None, 120, "a reference MAE")
+        ref = pipe.retrainer.reference(learned)
+        pipe.retrainer.settings.every_steps = 0  # from here on only drift may trigger
+        feed.sim.set_regime(1)
+        switch_step = feed.sent
+        _run_until(pipe, feed, lambda: any(e["type"] == "drift" for e in _events(s, "drift")), 200, "drift")
+        _run_until(pipe, feed, lambda: reg.champion().version != learned, 300, "promotion after drift")
+        adapted = reg.champion().version
+        swap_step = feed.sent
+        _run_until(pipe, feed, lambda: feed.sent >= swap_step + 40, 60, "40 steps served by the new model")
+        mae_after = pipe.online.mean_rolling_mae(adapted)
+    finally:
+        feed.stop.set()
+        feed.thread.join(10)
+        pipe.close()
+    assert ref is not None and mae_after < ref * (1 + s.retrain.drift_margin), (ref, mae_after)
+    types = [(e["type"], e["model_version"]) for e in _events(s, "drift")]
+    assert ("promoted", learned) in types and ("promoted", adapted) in types
+    assert [t for t, _ in types].index("drift") < max(
+        i for i, t in enumerate(types) if t == ("promoted", adapted)
+    )
+    record = reg.show(adapted)
+    assert record.parent == learned and record.metrics["gate"]["trigger"] == "drift"
+    assert record.metrics["gate"]["holdout"][0] > T0 + switch_step * STEP - 50 * STEP
+    # every step across both swaps has exactly one forecast, tagged old then new version
+    r = redis.Redis.from_url(s.redis.url.get_secret_value())
+    entries = [
+        (int(f[b"step_ts"]), f[b"model_version"].decode())
+        for _, f in r.xrange(f"{s.redis.key_prefix}:{{drift}}:forecasts")
+    ]
+    steps = [t for t, _ in entries]
+    assert steps == sorted(set(steps)), "a step was forecast twice or out of order"
+    assert np.all(np.diff(steps) == STEP), "a step is missing in the forecast stream"
+    versions = [v for _, v in entries]
+    first = {v: versions.index(v) for v in set(versions)}
+    assert first[seed] < first[learned] < first[adapted]
+    assert versions[first[adapted] :] == [adapted] * (len(versions) - first[adapted])
+
+
+def test_worse_challenger_is_rejected_with_figures(fresh_settings: Settings, tmp_path: Path) -> None:
+    # a challenger trained for one batch of one epoch cannot beat persistence by 50 %
+    s = _settings(fresh_settings, tmp_path, every_steps=150, epochs=1, promote_margin=0.5)
+    network = simulated_network(6, name="worse", step_ms=STEP)
+    ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
+    pipe = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id="worse").start()
+    feed = Feed(s, network, rate=30.0)
+    feed.thread.start()
+    reg = Registry(s.retrain.registry)
+    try:
+        seed = reg.champion().version
+        _run_until(pipe, feed, lambda: bool(pipe.retrainer.decisions), 240, "a gate decision")
+    finally:
+        feed.stop.set()
+        feed.thread.join(10)
+        pipe.close()
+    decision = pipe.retrainer.decisions[0]
+    assert not decision.promoted
+    assert reg.champion().version == seed and pipe.dispatcher.version == seed
+    rejected = reg.show(decision.version)
+    assert rejected.reason.startswith("rejected: ")
+    gate = rejected.metrics["gate"]
+    assert set(gate["mae"]) == {"challenger", "champion", "persistence"} and gate["windows"] > 0
+    assert any(e["type"] == "rejected" and orjson.loads(e["detail"])["mae"] for e in _events(s, "worse"))
+
+
+def test_training_crash_leaves_serving_unaffected(fresh_settings: Settings, tmp_path: Path) -> None:
+    s = _settings(fresh_settings, tmp_path, every_steps=150, model="no-such-model", backoff_s=60)
+    network = simulated_network(6, name="crash", step_ms=STEP)
+    ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
+    pipe = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id="crash").start()
+    feed = Feed(s, network, rate=30.0)
+    feed.thread.start()
+    reg = Registry(s.retrain.registry)
+    try:
+        seed = reg.champion().version
+        _run_until(pipe, feed, lambda: any(e["type"] == "retrain_failed" for e in _events(s, "crash")), 240,
+                   "the failed job's report")  # fmt: skip
+        forecast_before = pipe.steps_forecast
+        _run_until(pipe, feed, lambda: pipe.steps_forecast >= forecast_before + 20, 60, "20 more forecasts")
+    finally:
+        feed.stop.set()
+        feed.thread.join(10)
+        pipe.close()
+    assert reg.champion().version == seed and len(reg.list()) == 1
+    failed = [e for e in _events(s, "crash") if e["type"] == "retrain_failed"]
+    assert "no-such-model" in failed[0]["detail"]
