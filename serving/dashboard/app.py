@@ -118,6 +118,7 @@ class RunningDashboard:
 
 def _free(host: str, port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
         try:
             s.bind((host, port))
         except OSError:

@@ -124,7 +124,7 @@ function drawFan(view) {
   $("fan-caption").textContent = `${view.feature}${view.unit ? " (" + view.unit + ")" : ""} · ${view.actuals.length} recent steps, forecasts of the last ${view.forecasts.length} steps`;
   if (!view.actuals.length && !view.forecasts.length) return empty(svg, "no data for this sensor yet");
   clear(svg);
-  const box = { l: 44, r: 575, t: 10, b: 276 };
+  const box = { l: 44, r: 575, t: 10, b: 356 };
   const lines = view.forecasts.map((f) => f.values.map((v, h) => [f.step_ts + (h + 1) * view.step_ms, v]));
   const ts = view.actuals.map((a) => a.ts).concat(lines.flat().map((p) => p[0]));
   const vs = view.actuals.map((a) => a.value).concat(lines.flat().map((p) => p[1]));
