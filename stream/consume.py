@@ -104,8 +104,8 @@ class IngestService:
         """One cycle; returns the steps sealed (and archived) in it."""
         assert self.consumer and self.ingestor and self.dead_letters, "start() first"
         dead = []
-        for rec in self.consumer.poll(timeout_ms):
-            dead.extend(self.ingestor.ingest(rec.partition, rec.offset, rec.value))
+        for partition, messages in self.consumer.poll_batches(timeout_ms):
+            dead += self.ingestor.ingest_many(partition, messages)
         sealed = [] if self._silent_partitions() else self.ingestor.seal()
         self._make_durable(dead, sealed, on_sealed)
         return sealed

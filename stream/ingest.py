@@ -15,14 +15,15 @@ No Kafka, no I/O: testable with plain bytes and an injected clock.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from stream.ledger import Ledger
 from stream.network import Network
-from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoder
+from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoded, Decoder
 from stream.window import LateReading, SealedStep, Windower
 
 
@@ -114,6 +115,40 @@ class Ingestor:
             if late:
                 self._late.extend(late)
             return []
+        return self._ingest_decoded(partition, offset, raw, decoded)
+
+    def ingest_many(self, partition: int, messages: Iterable[Any]) -> list[DeadLetter]:
+        """`ingest()` for one partition's messages in offset order, each with `.offset` and `.value` (a
+        poll's records); the same outcome as one `ingest()` per message, with less work per message.
+
+        Clean single readings are windowed together (`Windower.add_many`), in order: a run of them is
+        handed over before any other message, so duplicates and late readings come out as one by one.
+        """
+        decode = self._decode_rows
+        clean: list[tuple[int, list[tuple[int, int, int, float]]]] = []
+        dead: list[DeadLetter] = []
+        for m in messages:
+            decoded = decode(m.value)
+            if isinstance(decoded, list):
+                clean.append((m.offset, decoded))
+                continue
+            if clean:
+                self._add_many(partition, clean)
+                clean = []
+            dead += self._ingest_decoded(partition, m.offset, m.value, decoded)
+        if clean:
+            self._add_many(partition, clean)
+        return dead
+
+    def _add_many(self, partition: int, clean: list[tuple[int, list[tuple[int, int, int, float]]]]) -> None:
+        late = self.windower.add_many(partition, clean)
+        if late:
+            self._late.extend(late)
+
+    def _ingest_decoded(
+        self, partition: int, offset: int, raw: bytes | None, decoded: Decoded
+    ) -> list[DeadLetter]:
+        """A batch message or one with rejects: dead letters for the rejects, the rest windowed."""
         dead: list[DeadLetter] = []
         if decoded.rejects:
             counts = self.ledger.partition(partition)
