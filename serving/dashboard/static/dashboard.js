@@ -223,9 +223,11 @@ function drawHealth(h) {
   }
 }
 
-function gate(metrics) {
-  return Object.entries(metrics || {}).filter(([, v]) => typeof v === "number").slice(0, 6)
-    .map(([k, v]) => `${k} ${fmt(v, 3)}`).join(" · ");
+function gate(metrics) {  // the retraining gate's holdout MAE (challenger / champion / persistence), then numbers
+  const parts = [], g = (metrics || {}).gate;
+  if (g && g.mae) parts.push("holdout MAE " + Object.entries(g.mae).map(([k, v]) => `${k} ${fmt(v, 3)}`).join(" / "));
+  for (const [k, v] of Object.entries(metrics || {})) if (typeof v === "number") parts.push(`${k} ${fmt(v, 3)}`);
+  return parts.slice(0, 6).join(" · ");
 }
 function meanMae(version) {
   const s = state.versions[version];
@@ -255,7 +257,8 @@ function drawEvents(events) {
   for (const e of events.slice(-12).reverse()) {
     const li = document.createElement("li");
     const detail = Object.entries(e.detail || {}).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
-    li.textContent = `${stamp(e.ts)} ${e.type} ${e.model_version} ${detail}`;
+    li.textContent = `${stamp(e.ts)} ${e.type} ${e.model_version} ${detail.length > 160 ? detail.slice(0, 160) + "…" : detail}`;
+    li.title = detail;
     list.appendChild(li);
   }
   if (!events.length) list.innerHTML = `<li class="muted">no events yet</li>`;
