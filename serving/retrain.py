@@ -142,7 +142,8 @@ class Retrainer:
 
     @property
     def busy(self) -> bool:
-        return self._job is not None and not self._job.done()
+        """A job runs, or finished without its result collected by `poll()` yet."""
+        return self._job is not None
 
     def reference(self, version: str) -> float | None:
         return self._reference.get(version)
