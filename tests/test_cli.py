@@ -39,8 +39,40 @@ def test_demo_against_existing_servers(embedded: EmbeddedRuntime, tmp_path: Path
     assert len(latest) == 12, f"forecasts for {len(latest)} of 12 sensors"
     for raw in latest.values():
         doc = orjson.loads(raw)
-        assert doc["model_version"] == "baseline-persistence"
+        assert doc["model_version"] == "v0001"  # the persistence seed, registered as the first champion
         assert len(doc["forecast"]) == 12
-    steps = r.zcard(f"cli{tag}:{{sim}}:done:baseline-persistence")
+    steps = r.zcard(f"cli{tag}:{{sim}}:done:v0001")
     assert steps >= 5, f"only {steps} steps forecast"
     assert (tmp_path / "archive" / "steps").exists()
+    from training.registry import Registry
+
+    champion = Registry(tmp_path / "registry").champion()
+    assert champion is not None and champion.version == "v0001" and champion.kind == "persistence"
+
+
+def test_models_commands_list_promote_and_rollback(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+    from serving.forecaster import ModelSpec
+    from serving.lifecycle import bootstrap
+    from stream.simulate import simulated_network
+    from training.registry import Registry
+
+    net = simulated_network(4)
+    root = tmp_path / "registry"
+    bootstrap(root, ModelSpec("baseline:persistence"), net, 12, 12)
+    reg = Registry(root)
+    second = reg.register(reg.champion().path, reason="a copy for the test")
+    runner = CliRunner()
+    out = runner.invoke(
+        app, ["models", "promote", second.version, "--reason", "operator test", "--registry", str(root)]
+    )
+    assert out.exit_code == 0 and reg.champion().version == second.version, out.output
+    out = runner.invoke(app, ["models", "list", "--registry", str(root)])
+    assert out.exit_code == 0 and "v0001" in out.output and "v0002" in out.output, out.output
+    out = runner.invoke(app, ["models", "rollback", "--registry", str(root)])
+    assert out.exit_code == 0 and reg.champion().version == "v0001", out.output
+    assert [h["version"] for h in reg.history()] == ["v0001", "v0002", "v0001"]
+    out = runner.invoke(app, ["models", "show", "v0002", "--registry", str(root)])
+    assert out.exit_code == 0 and "a copy for the test" in out.output

@@ -1,0 +1,82 @@
+"""Shared pieces of the `sensorcast` commands: option types, settings from flags, the embedded runtime
+and the Ray session as context managers, the network a command works on."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from serving.config import Settings, load_settings
+from serving.embedded import EmbeddedRuntime
+from stream.network import Network
+from stream.simulate import simulated_network
+
+console = Console()
+log = logging.getLogger("sensorcast")
+
+Bootstrap = Annotated[
+    str | None, typer.Option("--bootstrap", help="Kafka host:port; default: embedded Tansu")
+]
+RedisUrl = Annotated[str | None, typer.Option("--redis-url", help="redis://host:port/db; default: embedded")]
+RayAddress = Annotated[str | None, typer.Option("--ray-address", help="existing Ray cluster; default: local")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+
+
+def settings_from(config: Path | None, bootstrap: str | None, redis_url: str | None, ray_address: str | None,
+              **sections: dict[str, Any]) -> Settings:  # fmt: skip
+    return load_settings(
+        config,
+        kafka={"bootstrap": bootstrap, **sections.pop("kafka", {})},
+        redis={"url": redis_url},
+        ray={"address": ray_address},
+        **sections,
+    )
+
+
+@contextlib.contextmanager
+def runtime(settings: Settings, *, need_kafka: bool = True, need_redis: bool = True) -> Iterator[Settings]:
+    """Start embedded servers for whatever the settings leave unset; yield settings pointing at them."""
+    want_kafka = need_kafka and not settings.kafka.bootstrap
+    want_redis = need_redis and settings.redis.url is None
+    if not (want_kafka or want_redis):
+        yield settings
+        return
+    with EmbeddedRuntime(kafka=want_kafka, redis=want_redis) as rt:
+        data = settings.model_dump()
+        if want_kafka:
+            data["kafka"]["bootstrap"] = rt.bootstrap
+        if want_redis:
+            data["redis"]["url"] = rt.redis_url
+        log.info(
+            "embedded runtime",
+            extra={"bootstrap": rt.bootstrap, "redis": rt.redis_url, "rss_mb": rt.memory_rss_mb()},
+        )
+        yield Settings.model_validate(data)
+
+
+@contextlib.contextmanager
+def ray_session(settings: Settings) -> Iterator[None]:
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=settings.ray.address, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # fmt: skip
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def network_for(settings: Settings, sensors: int) -> Network:
+    if settings.network_file is not None:
+        return Network.load(settings.network_file)
+    return simulated_network(sensors)

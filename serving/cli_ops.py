@@ -1,0 +1,184 @@
+"""Stream-side and operator commands: `simulate`, `ingest`, `replay`, `forecasts` (registered by
+`serving.cli`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from serving import logs
+from serving.cli_common import Bootstrap, ConfigFile, LogLevel, console, network_for, settings_from
+from stream.network import Network
+
+
+def simulate(
+    sensors: Annotated[int, typer.Option(help="simulated sensors")] = 20,
+    speed: Annotated[float, typer.Option(help="multiple of real time; 0 = as fast as possible")] = 300.0,
+    steps: Annotated[int, typer.Option(help="steps to publish (0 = until Ctrl-C)")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="batch or single")] = "batch",
+    regime_at: Annotated[int | None, typer.Option(help="switch to the drift regime at this step")] = None,
+    seed: int = 0,
+    bootstrap: Bootstrap = None,
+    config: ConfigFile = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Publish the synthetic network's readings to Kafka (needs --bootstrap or a configured broker)."""
+    from stream.kafka_io import ensure_topics
+    from stream.produce import run_simulation
+
+    logs.configure(log_level)
+    settings = settings_from(config, bootstrap, None, None)
+    if not settings.kafka.bootstrap:
+        raise typer.BadParameter("simulate publishes to an existing broker: pass --bootstrap HOST:PORT")
+    network = network_for(settings, sensors)
+    ensure_topics(settings.kafka, {settings.kafka.readings_topic: settings.kafka.partitions})
+    start = time.time_ns() // 1_000_000
+    try:
+        stats = run_simulation(settings.kafka, network, speed=speed, start_ts=start, n_steps=steps or None,
+                               seed=seed, fmt=fmt, regime_at_step=regime_at)  # fmt: skip
+    except KeyboardInterrupt:
+        return
+    console.print(
+        f"published {stats.steps} steps, {stats.readings} readings to {settings.kafka.readings_topic}"
+    )
+
+
+def forecasts(
+    redis_url: Annotated[str | None, typer.Option("--redis-url", help="redis://host:port/db")] = None,
+    network: Annotated[str, typer.Option(help="network name (the key's {tag})")] = "sim",
+    sensor: Annotated[
+        list[str] | None, typer.Option(help="sensor id (repeatable); default: the first 10")
+    ] = None,
+    follow: Annotated[bool, typer.Option(help="print each new step as it is published")] = False,
+    config: ConfigFile = None,
+) -> None:
+    """Print the latest forecasts from Redis (what any consumer reads); --follow for live updates."""
+    from rich.table import Table
+
+    from serving.client import ForecastClient
+
+    settings = settings_from(config, None, redis_url, None)
+    if settings.redis.url is None:
+        raise typer.BadParameter("pass --redis-url redis://HOST:PORT/0 (or SENSORCAST_REDIS__URL)")
+    from serving.sink import connect
+
+    client = ForecastClient(connect(settings.redis), network, settings.redis.key_prefix)
+    chosen = list(sensor) if sensor else client.sensors()[:10]
+    if not chosen:
+        raise typer.BadParameter(
+            f"no forecasts for network {network!r} under prefix {settings.redis.key_prefix!r}"
+        )
+
+    def show() -> None:
+        table = Table(title=f"latest forecasts — {network}")
+        for col in ("sensor", "step (UTC ms)", "model", "feature", "forecast h=1..H"):
+            table.add_column(col)
+        for s, fc in client.latest(chosen).items():
+            for k, feat in enumerate(fc.features):
+                vals = " ".join(f"{v:.1f}" for v in fc.forecast[:, k])
+                table.add_row(s, str(fc.step_ts), fc.model_version, feat, vals)
+        console.print(table)
+
+    show()
+    if follow:
+        try:
+            for note in client.follow():
+                console.print(f"step {note['step_ts']} by {note['model_version']}")
+                show()
+        except KeyboardInterrupt:
+            pass
+
+
+def ingest(
+    network_file: Annotated[Path, typer.Option("--network", help="network TOML/JSON")],
+    archive: Annotated[Path, typer.Option(help="archive root (Parquet sealed steps + late log)")],
+    until_idle: Annotated[
+        float, typer.Option(help="stop after this many seconds without input (0 = never)")
+    ] = 0.0,
+    client_id: Annotated[str, typer.Option(help="Kafka client id")] = "sensorcast-ingest",
+    bootstrap: Bootstrap = None,
+    config: ConfigFile = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Ingest only: readings → validated, windowed, sealed steps in the archive (no forecasting)."""
+    from stream.archive import Archive
+    from stream.consume import IngestService
+
+    logs.configure(log_level)
+    settings = settings_from(config, bootstrap, None, None)
+    if not settings.kafka.bootstrap:
+        raise typer.BadParameter("ingest reads an existing broker: pass --bootstrap HOST:PORT")
+    network = Network.load(network_file)
+    svc = IngestService(
+        settings.kafka, settings.window, Archive(archive, network), network, client_id=client_id
+    )
+    svc.start()
+    last_input = time.monotonic()
+    try:
+        while True:
+            received = svc.ingestor.ledger.total().received
+            svc.poll_once(500)
+            if svc.ingestor.ledger.total().received != received:
+                last_input = time.monotonic()
+            elif until_idle and time.monotonic() - last_input > until_idle:
+                svc.drain()
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        svc.close()
+    console.print_json(
+        data={"ledger": svc.ingestor.ledger.snapshot()["total"], "steps_sealed": svc.steps_sealed}
+    )
+
+
+def replay(
+    dataset: Annotated[
+        Path, typer.Argument(help="dataset folder or file (PEMS .npz, T-GCN csv, wide csv, .h5)")
+    ],
+    speed: Annotated[float, typer.Option(help="multiple of real time; 0 = as fast as possible")] = 0.0,
+    fmt: Annotated[str, typer.Option("--format", help="single or batch")] = "batch",
+    start_step: Annotated[int, typer.Option(help="first step of the dataset to send")] = 0,
+    steps: Annotated[int, typer.Option(help="steps to send (0 = all)")] = 0,
+    shuffle_ms: Annotated[int, typer.Option(help="shuffle messages within this much event time")] = 0,
+    duplicates: Annotated[float, typer.Option(help="share of messages sent twice")] = 0.0,
+    garbage: Annotated[float, typer.Option(help="share of extra malformed messages")] = 0.0,
+    late: Annotated[int, typer.Option(help="readings held back until after everything else")] = 0,
+    save_network: Annotated[
+        Path | None, typer.Option(help="write the dataset's network definition here")
+    ] = None,
+    seed: int = 0,
+    bootstrap: Bootstrap = None,
+    config: ConfigFile = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Publish a recorded dataset as real timestamped readings (optionally messy, for testing)."""
+    from stream.datasets import load_dataset
+    from stream.kafka_io import ReadingProducer, ensure_topics
+    from stream.replay import plan, send
+
+    logs.configure(log_level)
+    settings = settings_from(config, bootstrap, None, None)
+    if not settings.kafka.bootstrap:
+        raise typer.BadParameter("replay publishes to an existing broker: pass --bootstrap HOST:PORT")
+    ds = load_dataset(dataset)
+    if save_network is not None:
+        ds.network.save(save_network)
+    ensure_topics(settings.kafka, {settings.kafka.readings_topic: settings.kafka.partitions})
+    msgs, exp = plan(
+        ds, n_partitions=settings.kafka.partitions, start_step=start_step, n_steps=steps or None, fmt=fmt,
+        shuffle_ms=shuffle_ms, duplicate_rate=duplicates, garbage_rate=garbage, late_readings=late,
+        allowed_lateness_ms=settings.window.allowed_lateness_ms, seed=seed,
+    )  # fmt: skip
+    from rich.progress import Progress
+
+    with ReadingProducer(settings.kafka, ds.network) as producer, Progress(console=console) as progress:
+        task = progress.add_task(f"replaying {ds.network.name}", total=len(msgs))
+        send(msgs, producer, step_ms=ds.network.step_ms, speed=speed,
+             on_progress=lambda n: progress.update(task, completed=n))  # fmt: skip
+        progress.update(task, completed=len(msgs))
+    console.print_json(data={"messages": len(msgs), "readings": exp.readings, "duplicates": exp.duplicates,
+                             "late": exp.late, "dead_by_reason": exp.dead_by_reason})  # fmt: skip
