@@ -55,6 +55,26 @@ MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
             )
         ),
     ),
+    "seq2seq-seasonal": (
+        "seq2seq",
+        lambda: AttentionSeq2Seq(Seq2SeqConfig(in_features=F, window=T, horizon=H, hidden=16, seasonal=True)),
+    ),
+    "stformer-daily-graph": (
+        "stformer",
+        lambda: STFormer(
+            STFormerConfig(
+                n_nodes=N,
+                in_features=F,
+                window=T,
+                horizon=H,
+                temporal_layers=1,
+                spatial_layers=1,
+                steps_per_day=1,
+                graph_bias=True,
+                **{**TINY_ST, "tod_dim": 0, "doy_dim": 4},
+            )
+        ).set_graph([(0, 1, 2.0), (1, 2, 1.0)]),
+    ),
 }
 LEARNED = [k for k, (kind, _) in MODELS.items() if kind in ("seq2seq", "stformer")]
 
@@ -64,7 +84,7 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, ...]:
     x = torch.randn(B, T, N, F, generator=g)  # [B, T, N, F]
     mask = (torch.rand(B, T, N, F, generator=g) > 0.2).float()
     step_ts = 1_330_560_000_000 + 300_000 * (np.arange(T)[None] + 50 * np.arange(B)[:, None])
-    tf = torch.from_numpy(time_features(step_ts))  # [B, T, 2]
+    tf = torch.from_numpy(time_features(step_ts))  # [B, T, 3]
     y = torch.randn(B, H, N, len(TARGETS), generator=g)  # [B, H, N, out]
     return x, tf, mask, y
 
@@ -128,3 +148,17 @@ def test_attention_maps() -> None:
     torch.testing.assert_close(weights.sum(-1), torch.ones(B, N, H))
     maps = _build("stformer").attention_maps(x, tf, mask)  # type: ignore[operator]
     assert maps["temporal"].shape == (B, N, 2, T, T) and maps["spatial"].shape == (B, T, 2, N, N)
+
+
+def test_time_features_hold_time_of_day_day_of_week_and_time_of_year() -> None:
+    ts = np.array([np.datetime64(d, "ms").astype(np.int64) for d in ("2001-01-01T06:00", "2001-07-02T00:00")])
+    tf = time_features(ts)  # [2, 3]
+    assert tf[0, 0] == pytest.approx(0.25) and tf[0, 1] == 0  # 2001-01-01 was a Monday
+    assert min(tf[0, 2], 1 - tf[0, 2]) < 2 / 365 and tf[1, 2] == pytest.approx(0.5, abs=2 / 365)
+
+
+def test_graph_bias_is_symmetric_scaled_and_saved(tmp_path: Path) -> None:
+    model = MODELS["stformer-daily-graph"][1]()
+    a = model.adjacency
+    assert torch.equal(a, a.T) and a.max() == 1 and torch.all(a.diagonal() == 1) and a[0, 1] == 1
+    assert a[1, 2] == 0.5 and a[0, 3] == 0

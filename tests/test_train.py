@@ -82,3 +82,24 @@ def test_tiny_ray_train_run_two_workers(tiny_dataset: Path, tmp_path: Path) -> N
     assert summary["workers"] == 2 and summary["epochs_run"] == 1
     assert load_checkpoint(tmp_path / "ray.pt").kind == "stformer"
     print(f"tiny Ray Train run: {time.monotonic() - started:.1f} s")
+
+
+def test_cosine_schedule_with_warmup_and_weight_average(tiny_dataset: Path, tmp_path: Path) -> None:
+    from training.train import TrainConfig, _lr
+
+    cfg = TrainConfig(dataset="", out="", lr=1.0, schedule="cosine", warmup_epochs=2)
+    assert [_lr(cfg, e, 0.0) for e in (1, 2)] == [0.5, 1.0]
+    assert _lr(cfg, 3, 0.5) == pytest.approx(0.51) and _lr(cfg, 9, 1.0) == pytest.approx(0.02)
+    summary = train_func(
+        _config(
+            tiny_dataset,
+            tmp_path / "m.pt",
+            epochs=4,
+            schedule="cosine",
+            warmup_epochs=2,
+            ema=0.9,
+            overrides={**TINY, "graph_bias": True},
+        )
+    )
+    lrs = [row["lr"] for row in load_checkpoint(tmp_path / "m.pt").extra["train"]["history"]]
+    assert summary["epochs_run"] == 4 and lrs[0] < lrs[1] and lrs[1] > lrs[2] > lrs[3]

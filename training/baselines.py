@@ -28,7 +28,7 @@ class Persistence(nn.Module):
         self.register_buffer("targets", torch.tensor(config.targets, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, T, N, F], time_features [B, T, 2], mask [B, T, N, F] -> [B, H, N, out]."""
+        """x [B, T, N, F], time_features [B, T, 3], mask [B, T, N, F] -> [B, H, N, out]."""
         last = x[:, -1:].index_select(-1, self.targets)  # [B, 1, N, out]
         return last.expand(-1, self.config.horizon, -1, -1).contiguous()  # [B, H, N, out]
 
@@ -54,7 +54,7 @@ class HistoricalAverage(nn.Module):
     def fit(self, x: np.ndarray, time_features: np.ndarray, mask: np.ndarray) -> HistoricalAverage:
         """Fill the table from scaled training data.
 
-        x [T, N, F], time_features [T, 2], mask [T, N, F].
+        x [T, N, F], time_features [T, 3], mask [T, N, F].
         """
         targets = list(self.config.targets)
         v = np.nan_to_num(x[..., targets].astype(np.float64))  # [T, N, out]
@@ -82,7 +82,7 @@ class HistoricalAverage(nn.Module):
         return time_features[..., 1].long() * spd + step_of_day
 
     def forward(self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, T, N, F], time_features [B, T, 2], mask [B, T, N, F] -> [B, H, N, out]."""
+        """x [B, T, N, F], time_features [B, T, 3], mask [B, T, N, F] -> [B, H, N, out]."""
         ahead = torch.arange(1, self.config.horizon + 1, device=x.device)  # [H]
         slots = (self._slot(time_features[:, -1])[:, None] + ahead) % self.table.shape[0]  # [B, H]
         return self.table[slots]  # [B, H, N, out]

@@ -47,6 +47,14 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     lr: Annotated[float, typer.Option("--lr")] = 2e-3,
     loss: Annotated[str, typer.Option("--loss", help="mae, mse or huber")] = "mae",
+    schedule: Annotated[str, typer.Option("--schedule", help="plateau or cosine")] = "plateau",
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs")] = 0,
+    ema: Annotated[
+        float, typer.Option("--ema", help="keep a moving average of the weights with this decay (0: off)")
+    ] = 0.0,
+    max_val_windows: Annotated[
+        int | None, typer.Option("--max-val-windows", help="validate on the first windows only")
+    ] = None,
     patience: Annotated[int, typer.Option("--patience")] = 10,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int | None, typer.Option("--threads", help="torch threads per worker")] = None,
@@ -67,6 +75,10 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "loss": loss,
+        "schedule": schedule,
+        "warmup_epochs": warmup_epochs,
+        "ema": ema,
+        "max_val_windows": max_val_windows,
         "patience": patience,
         "seed": seed,
         "threads": threads,

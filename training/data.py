@@ -14,17 +14,20 @@ from stream.datasets import SensorDataset
 from training.scaler import StandardScaler
 
 DAY_MS = 86_400_000
+YEAR_DAYS = 365.2425  # mean Gregorian year: the phase drifts by under a day per century
 
 
 def time_features(step_ts: np.ndarray) -> np.ndarray:
-    """`step_ts [...]` int64 epoch ms UTC -> `[..., 2]` float32.
+    """`step_ts [...]` int64 epoch ms UTC -> `[..., 3]` float32.
 
-    Feature 0 is the time of day in [0, 1), feature 1 the day of week 0..6 (Monday = 0).
+    Feature 0 is the time of day in [0, 1), feature 1 the day of week 0..6 (Monday = 0), feature 2 the
+    time of year in [0, 1) (0 at 1 January; what daily data is seasonal in).
     """
     ts = np.asarray(step_ts, dtype=np.int64)
     tod = (ts % DAY_MS) / DAY_MS
     dow = (ts // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday
-    return np.stack([tod, dow], axis=-1).astype(np.float32)
+    toy = np.remainder(ts / DAY_MS, YEAR_DAYS) / YEAR_DAYS
+    return np.stack([tod, dow, toy], axis=-1).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class WindowData:
     """Model-ready arrays over all steps; windows are cut on demand by `batch(starts)`.
 
     x [T, N, F] scaled and last-observation filled (0 where never observed), mask [T, N, F],
-    time_features [T, 2], y [T, N, out] scaled targets, y_mask [T, N, out].
+    time_features [T, 3], y [T, N, out] scaled targets, y_mask [T, N, out].
     """
 
     x: torch.Tensor
@@ -134,7 +137,7 @@ class WindowData:
         )
 
     def batch(self, starts: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Windows starting at `starts [B]`: x [B, W, N, F], tf [B, W, 2], mask [B, W, N, F],
+        """Windows starting at `starts [B]`: x [B, W, N, F], tf [B, W, 3], mask [B, W, N, F],
         y [B, H, N, out], y_mask [B, H, N, out]."""
         s = torch.as_tensor(starts, dtype=torch.long)[:, None]  # [B, 1]
         inp = s + torch.arange(self.window)  # [B, W]

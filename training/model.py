@@ -2,9 +2,10 @@
 
 Both take scaled inputs and share one interface so the same contract tests cover them (and the baselines):
 
-    forward(x [B, T, N, F], time_features [B, T, 2], mask [B, T, N, F]) -> [B, H, N, out]
+    forward(x [B, T, N, F], time_features [B, T, 3], mask [B, T, N, F]) -> [B, H, N, out]
 
-`time_features` holds the time of day in [0, 1) and the day of week 0..6 of every input step; `mask` is 1
+`time_features` holds the time of day in [0, 1), the day of week 0..6 and the time of year in [0, 1) of
+every input step (`training.data.time_features`); `mask` is 1
 where a reading was observed (x holds last-observation-filled values elsewhere). `attention_maps` returns
 the attention weights of one forward pass for `explain`. No I/O, no globals.
 """
@@ -12,11 +13,14 @@ the attention weights of one forward pass for `explain`. No I/O, no globals.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+YEAR_DAYS = 365.2425  # as in training.data.time_features
 
 # -----------------------------------------------------------------------------------------------------------
 # AttentionSeq2Seq
@@ -33,6 +37,7 @@ class Seq2SeqConfig:
     attention: str = "additive"  # "additive" | "dot" | "scaled_dot"
     dropout: float = 0.0
     residual: bool = True  # forecast the change from the last input step
+    seasonal: bool = False  # also feed the time of year (daily data)
 
 
 class Attention(nn.Module):
@@ -72,32 +77,33 @@ class AttentionSeq2Seq(nn.Module):
         self.config = config
         c = config
         out = len(c.targets)
-        step_in = 2 * c.in_features + 4  # values, mask, sin/cos time of day, sin/cos day of week
+        n_time = 6 if c.seasonal else 4  # sin/cos of time of day, day of week (and time of year)
+        step_in = 2 * c.in_features + n_time  # values, mask, time
         self.input_proj = nn.Linear(step_in, c.hidden)
         rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(c.encoder)
         if rnn is None:
             raise ValueError(f"unknown encoder {c.encoder!r}: expected gru or lstm")
         self.encoder = rnn(c.hidden, c.hidden, batch_first=True)
         self.attention = Attention(c.attention, c.hidden)
-        self.decoder = nn.LSTMCell(out + c.hidden + 4, c.hidden)
+        self.decoder = nn.LSTMCell(out + c.hidden + n_time, c.hidden)
         self.head = nn.Linear(2 * c.hidden, out)
         self.dropout = nn.Dropout(c.dropout)
         self.register_buffer("targets", torch.tensor(c.targets, dtype=torch.long), persistent=False)
         self.last_weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, T, N, F], time_features [B, T, 2], mask [B, T, N, F] -> [B, H, N, out]."""
+        """x [B, T, N, F], time_features [B, T, 3], mask [B, T, N, F] -> [B, H, N, out]."""
         b, t, n, _ = x.shape
         c = self.config
-        tf = _cyclic(time_features)  # [B, T, 4]
-        steps = torch.cat([x, mask, tf[:, :, None].expand(-1, -1, n, -1)], dim=-1)  # [B, T, N, 2F+4]
-        steps = steps.transpose(1, 2).reshape(b * n, t, -1)  # [B*N, T, 2F+4]
+        tf = _cyclic(time_features, c.seasonal)  # [B, T, C]
+        steps = torch.cat([x, mask, tf[:, :, None].expand(-1, -1, n, -1)], dim=-1)  # [B, T, N, 2F+C]
+        steps = steps.transpose(1, 2).reshape(b * n, t, -1)  # [B*N, T, 2F+C]
         states, last = self.encoder(self.dropout(torch.relu(self.input_proj(steps))))  # [B*N, T, D]
         h = last[0][-1] if isinstance(last, tuple) else last[-1]  # [B*N, D]
         cell = torch.zeros_like(h)
         last_y = x[:, -1].index_select(-1, self.targets).reshape(b * n, -1)  # [B*N, out]
-        future = _future_time(time_features, c.horizon)  # [B, H, 4]
-        future = future[:, None].expand(-1, n, -1, -1).reshape(b * n, c.horizon, 4)  # [B*N, H, 4]
+        future = _cyclic(_future_time(time_features, c.horizon), c.seasonal)  # [B, H, C]
+        future = future[:, None].expand(-1, n, -1, -1).reshape(b * n, c.horizon, -1)  # [B*N, H, C]
         y, outputs, weights = last_y, [], []
         for step in range(c.horizon):
             context, w = self.attention(h, states)  # [B*N, D], [B*N, T]
@@ -119,23 +125,29 @@ class AttentionSeq2Seq(nn.Module):
         return {"temporal": self.last_weights}
 
 
-def _cyclic(time_features: torch.Tensor) -> torch.Tensor:
-    """[..., 2] time of day, day of week -> [..., 4] sin/cos of each, so midnight and Sunday wrap around."""
+def _cyclic(time_features: torch.Tensor, seasonal: bool = False) -> torch.Tensor:
+    """[..., 3] time of day, day of week, time of year -> [..., 4] sin/cos of the first two (so midnight and
+    Sunday wrap around), [..., 6] with the time of year when `seasonal`."""
     day = 2 * math.pi * time_features[..., 0]
     week = 2 * math.pi * (time_features[..., 1] + time_features[..., 0]) / 7
-    return torch.stack([day.sin(), day.cos(), week.sin(), week.cos()], dim=-1)
+    parts = [day.sin(), day.cos(), week.sin(), week.cos()]
+    if seasonal:
+        year = 2 * math.pi * time_features[..., 2]
+        parts += [year.sin(), year.cos()]
+    return torch.stack(parts, dim=-1)
 
 
 def _future_time(time_features: torch.Tensor, horizon: int) -> torch.Tensor:
-    """Cyclic time features of the `horizon` steps after the window, from the last two input steps."""
-    last, prev = time_features[:, -1], time_features[:, -2]  # [B, 2]
+    """Time features [B, H, 3] of the `horizon` steps after the window, from the last two input steps."""
+    last, prev = time_features[:, -1], time_features[:, -2]  # [B, 3]
     step = torch.remainder(last[:, 0] - prev[:, 0], 1.0)  # [B] fraction of a day per step
     step = torch.where(step > 0, step, torch.ones_like(step))  # daily steps: tod is constant
     ahead = torch.arange(1, horizon + 1, device=time_features.device)[None]  # [1, H]
     days = last[:, :1] + step[:, None] * ahead  # [B, H] days after the last step's midnight
     tod = torch.remainder(days, 1.0)
-    dow = torch.remainder(last[:, 1:] + torch.floor(days), 7)
-    return _cyclic(torch.stack([tod, dow], dim=-1))  # [B, H, 4]
+    dow = torch.remainder(last[:, 1:2] + torch.floor(days), 7)
+    toy = torch.remainder(last[:, 2:3] + (days - last[:, :1]) / YEAR_DAYS, 1.0)
+    return torch.stack([tod, dow, toy], dim=-1)  # [B, H, 3]
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -149,11 +161,13 @@ class STFormerConfig:
     targets: tuple[int, ...] = (0,)
     window: int = 12
     horizon: int = 12
-    steps_per_day: int = 288
+    steps_per_day: int = 288  # time-of-day slots; fewer than the day's steps pool neighbouring steps
     input_dim: int = 24
     tod_dim: int = 24
     dow_dim: int = 24
     adaptive_dim: int = 80  # learned per-(step, node) embedding, STAEformer's key ingredient
+    doy_dim: int = 0  # time-of-year embedding (daily data, where time of day says nothing)
+    graph_bias: bool = False  # add a learned multiple of the sensor graph to the spatial attention logits
     heads: int = 4
     temporal_layers: int = 3
     spatial_layers: int = 3
@@ -163,7 +177,7 @@ class STFormerConfig:
 
     @property
     def model_dim(self) -> int:
-        return self.input_dim + self.tod_dim + self.dow_dim + self.adaptive_dim
+        return self.input_dim + self.tod_dim + self.dow_dim + self.doy_dim + self.adaptive_dim
 
 
 PRESETS: dict[str, dict[str, int | float]] = {
@@ -210,18 +224,19 @@ class SelfAttentionLayer(nn.Module):
         self.keep_weights = False
         self.last_weights: torch.Tensor | None = None
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h [M, L, D] -> [M, L, D]."""
+    def forward(self, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """h [M, L, D], bias [heads, L, L] added to the attention logits (or None) -> [M, L, D]."""
         m, length, d = h.shape
         q, k, v = self.qkv(self.norm1(h)).reshape(m, length, 3, self.heads, d // self.heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [M, heads, L, d/heads]
         if self.keep_weights:
-            weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)  # [M, heads, L, L]
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [M, heads, L, L]
+            weights = (scores if bias is None else scores + bias).softmax(-1)
             self.last_weights = weights
             att = weights @ v
         else:
             p = self.dropout.p if self.training else 0.0
-            att = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # [M, heads, L, d/heads]
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # [M, heads, L, d/h]
         h = h + self.dropout(self.out(att.transpose(1, 2).reshape(m, length, d)))
         return h + self.dropout(self.ffn(self.norm2(h)))
 
@@ -236,8 +251,12 @@ class STFormer(nn.Module):
         self.config = c = config
         out = len(c.targets)
         self.input_proj = nn.Linear(2 * c.in_features, c.input_dim)  # values and mask
-        self.tod_embedding = nn.Embedding(max(c.steps_per_day, 1), c.tod_dim)
-        self.dow_embedding = nn.Embedding(7, c.dow_dim)
+        # A zero width drops an embedding (CUDA rejects zero-width ones).
+        self.tod_embedding = nn.Embedding(max(c.steps_per_day, 1), c.tod_dim) if c.tod_dim else None
+        self.dow_embedding = nn.Embedding(7, c.dow_dim) if c.dow_dim else None
+        # A smooth function of the season (two harmonics): a table of 366 days would see each day only
+        # once per training year.
+        self.doy_proj = nn.Linear(4, c.doy_dim) if c.doy_dim else None
         self.adaptive_embedding = nn.Parameter(torch.empty(c.window, c.n_nodes, c.adaptive_dim))
         nn.init.xavier_uniform_(self.adaptive_embedding)
         d = c.model_dim
@@ -247,38 +266,59 @@ class STFormer(nn.Module):
         self.spatial = nn.ModuleList(
             SelfAttentionLayer(d, c.heads, c.ffn_dim, c.dropout) for _ in range(c.spatial_layers)
         )
+        if c.graph_bias:
+            # Filled from the network's edges by `set_graph`; saved with the weights.
+            self.register_buffer("adjacency", torch.zeros(c.n_nodes, c.n_nodes))  # [N, N]
+            self.graph_scale = nn.Parameter(torch.ones(c.spatial_layers, c.heads, 1, 1))
         self.norm = nn.LayerNorm(d)
         self.output_proj = nn.Linear(c.window * d, c.horizon * out)
         self.register_buffer("targets", torch.tensor(c.targets, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, T, N, F], time_features [B, T, 2], mask [B, T, N, F] -> [B, H, N, out]."""
+        """x [B, T, N, F], time_features [B, T, 3], mask [B, T, N, F] -> [B, H, N, out]."""
         b, t, n, _ = x.shape
         c = self.config
         if (t, n) != (c.window, c.n_nodes):
             raise ValueError(f"STFormer built for window {c.window} × {c.n_nodes} sensors, got {t} × {n}")
-        tod = (time_features[..., 0] * c.steps_per_day).round().long() % max(c.steps_per_day, 1)  # [B, T]
-        dow = time_features[..., 1].long() % 7  # [B, T]
-        h = torch.cat(
-            [
-                self.input_proj(torch.cat([x, mask], dim=-1)),  # [B, T, N, input_dim]
-                self.tod_embedding(tod)[:, :, None].expand(-1, -1, n, -1),  # [B, T, N, tod_dim]
-                self.dow_embedding(dow)[:, :, None].expand(-1, -1, n, -1),  # [B, T, N, dow_dim]
-                self.adaptive_embedding.expand(b, -1, -1, -1),  # [B, T, N, adaptive_dim]
-            ],
-            dim=-1,
-        )  # [B, T, N, D]
+        parts = [self.input_proj(torch.cat([x, mask], dim=-1))]  # [B, T, N, input_dim]
+        if self.tod_embedding is not None:
+            spd = max(c.steps_per_day, 1)
+            tod = (time_features[..., 0] * spd).round().long() % spd  # [B, T]
+            parts.append(self.tod_embedding(tod)[:, :, None].expand(-1, -1, n, -1))  # [B, T, N, tod_dim]
+        if self.dow_embedding is not None:
+            dow = time_features[..., 1].long() % 7  # [B, T]
+            parts.append(self.dow_embedding(dow)[:, :, None].expand(-1, -1, n, -1))  # [B, T, N, dow_dim]
+        if self.doy_proj is not None:
+            year = (
+                2 * math.pi * time_features[..., 2:3] * torch.tensor([1.0, 2.0], device=x.device)
+            )  # [B, T, 2]
+            doy = self.doy_proj(torch.cat([year.sin(), year.cos()], dim=-1))  # [B, T, doy_dim]
+            parts.append(doy[:, :, None].expand(-1, -1, n, -1))  # [B, T, N, doy_dim]
+        parts.append(self.adaptive_embedding.expand(b, -1, -1, -1))  # [B, T, N, adaptive_dim]
+        h = torch.cat(parts, dim=-1)  # [B, T, N, D]
         h = h.transpose(1, 2).reshape(b * n, t, -1)  # [B*N, T, D]
         for layer in self.temporal:
             h = layer(h)
         h = h.reshape(b, n, t, -1).transpose(1, 2).reshape(b * t, n, -1)  # [B*T, N, D]
-        for layer in self.spatial:
-            h = layer(h)
+        for i, layer in enumerate(self.spatial):
+            h = layer(h, self.graph_scale[i] * self.adjacency if c.graph_bias else None)
         h = self.norm(h).reshape(b, t, n, -1).transpose(1, 2).reshape(b, n, -1)  # [B, N, T*D]
         y = self.output_proj(h).reshape(b, n, c.horizon, -1).transpose(1, 2)  # [B, H, N, out]
         if c.residual:
             y = y + x[:, -1:].index_select(-1, self.targets)
         return y
+
+    @torch.no_grad()
+    def set_graph(self, edges: Sequence[tuple[int, int, float]]) -> STFormer:
+        """Fill the graph bias from `(from, to, weight)` edges, symmetric, weights scaled to [0, 1], self
+        loops 1."""
+        a = torch.zeros(self.config.n_nodes, self.config.n_nodes)  # [N, N]
+        for i, j, w in edges:
+            a[i, j] = a[j, i] = max(float(a[i, j]), float(w))
+        a = a / a.max().clamp(min=1e-12)
+        a.fill_diagonal_(1.0)
+        self.adjacency.copy_(a)
+        return self
 
     @torch.no_grad()
     def attention_maps(

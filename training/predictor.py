@@ -150,7 +150,7 @@ class Predictor:
         finite = np.isfinite(values)  # [B, T, N, F]
         x = np.where(finite, self.scaler.transform(values), 0.0).astype(np.float32)  # [B, T, N, F]
         m = ((mask > 0) & finite).astype(np.float32)  # [B, T, N, F]
-        tf = time_features(step_ts)  # [B, T, 2]
+        tf = time_features(step_ts)  # [B, T, 3]
         tensors = tuple(torch.from_numpy(a).to(self.device) for a in (x, tf, m))
         return finite, tensors  # type: ignore[return-value]
 

@@ -46,6 +46,9 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     loss: str = "mae"  # mae | mse | huber, on scaled values, missing targets excluded
+    schedule: str = "plateau"  # plateau (halve on stalled validation) | cosine (over epochs or time budget)
+    warmup_epochs: int = 0  # linear warm-up of the learning rate
+    ema: float = 0.0  # > 0: validate and keep an exponential moving average of the weights (e.g. 0.99)
     patience: int = 10  # epochs without validation improvement before stopping
     time_budget_s: float | None = None  # wall-clock limit for the training loop
     max_batches: int | None = None  # per epoch; for smoke tests and benchmarks
@@ -70,18 +73,22 @@ def build_model(
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}: expected one of {sorted(PRESETS)}")
         spd = max(1, DAY_MS // ds.network.step_ms)
-        config = {**PRESETS[preset], **overrides}
-        return STFormer(
+        config = {"steps_per_day": spd, **PRESETS[preset], **overrides}
+        if spd == 1:  # daily data: the season, not the time of day, carries the cycle
+            config.setdefault("doy_dim", config["tod_dim"])
+        model = STFormer(
             STFormerConfig(
                 n_nodes=ds.network.n_sensors,
                 in_features=ds.network.n_features,
-                steps_per_day=spd,
                 **common,
                 **config,
             )
         )
+        return model.set_graph(ds.network.edges) if model.config.graph_bias else model
     if kind == "seq2seq":
         config = {**SEQ2SEQ_PRESETS[preset], **overrides}
+        if ds.network.step_ms >= DAY_MS:
+            config.setdefault("seasonal", True)
         return AttentionSeq2Seq(Seq2SeqConfig(in_features=ds.network.n_features, **common, **config))
     if kind == "persistence":
         return Persistence(PersistenceConfig(horizon=protocol.horizon, targets=protocol.targets))
@@ -217,10 +224,25 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, factor=0.5, patience=max(1, cfg.patience // 3)
         )
-        best_state, best_val, stale = copy.deepcopy(model.state_dict()), math.inf, 0
+        if cfg.schedule not in ("plateau", "cosine"):
+            raise ValueError(f"unknown schedule {cfg.schedule!r}: expected plateau or cosine")
+        progress = 0.0  # fraction of the run done, for the cosine schedule
+        # The average follows the unwrapped model, whose parameters DDP keeps equal on every rank.
+        ema = (
+            torch.optim.swa_utils.AveragedModel(
+                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
+            )
+            if cfg.ema
+            else None
+        )
+        scored = ema.module if ema is not None else model  # what is validated and kept
+        best_state, best_val, stale = copy.deepcopy(scored.state_dict()), math.inf, 0
         train_s = 0.0
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.monotonic()
+            if cfg.schedule == "cosine" or epoch <= cfg.warmup_epochs:
+                for group in opt.param_groups:
+                    group["lr"] = _lr(cfg, epoch, progress)
             starts = np.random.default_rng(cfg.seed + epoch).permutation(protocol.starts("train"))
             per_rank = len(starts) // d.world  # equal shards: DDP needs the same number of steps everywhere
             starts = starts[d.rank * per_rank : (d.rank + 1) * per_rank]
@@ -236,15 +258,18 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
                 loss.backward()
                 nn.utils.clip_grad_norm_(train_model.parameters(), 5.0)
                 opt.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 total += loss.item() * len(x)
                 count += len(x)
             train_s += time.monotonic() - t0
             samples += count * d.world
-            val = _validate(model, data, val_starts, scaler, protocol.targets, device, 64, d)
-            sched.step(val)
+            val = _validate(scored, data, val_starts, scaler, protocol.targets, device, 64, d)
+            if cfg.schedule == "plateau" and epoch > cfg.warmup_epochs:
+                sched.step(val)
             if val < best_val:
                 best_val, best_epoch, stale = val, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(scored.state_dict())
             else:
                 stale += 1
             elapsed = time.monotonic() - started
@@ -266,6 +291,12 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
                 log(row)
             # Every worker must take the same decision, or DDP would wait forever for the missing ones.
             out_of_time = cfg.time_budget_s is not None and elapsed + elapsed / epoch > cfg.time_budget_s
+            # Ranks must agree on the learning rate too, so the schedule follows their mean clock; the
+            # progress is where the next epoch would end.
+            progress = epoch / cfg.epochs
+            if cfg.time_budget_s:
+                mean_elapsed = d.sum([elapsed])[0] / d.world
+                progress = max(progress, mean_elapsed * (epoch + 1) / epoch / cfg.time_budget_s)
             if d.sum([float(stale >= cfg.patience or out_of_time)])[0] > 0:
                 break
         model.load_state_dict(best_state)
@@ -303,6 +334,16 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
         summary["checkpoint"] = str(cfg.out)
         summary["version"] = ckpt.version
     return summary
+
+
+def _lr(cfg: TrainConfig, epoch: int, progress: float) -> float:
+    """Learning rate of `epoch` (1-based): linear warm-up, then constant (plateau schedule: halved on
+    stalled validation by the scheduler) or cosine decay to 2 % over the run's progress in [0, 1]."""
+    if epoch <= cfg.warmup_epochs:
+        return cfg.lr * epoch / cfg.warmup_epochs
+    if cfg.schedule == "cosine":
+        return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    return cfg.lr
 
 
 def train_with_ray(
