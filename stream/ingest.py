@@ -26,10 +26,15 @@ from stream.network import Network
 from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoded, Decoder
 from stream.window import LateReading, SealedStep, Windower
 
+# A dead letter carries at most this much of the rejected message: an oversized message copied whole (and
+# base64-grown by a third) would exceed the producer's request limit and stop the consumer on every retry.
+DEAD_LETTER_RAW_MAX = 64 * 1024
+
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One rejected message (or the rejected readings of one message, one record per reason)."""
+    """One rejected message (or the rejected readings of one message, one record per reason); `raw` is its
+    first `DEAD_LETTER_RAW_MAX` bytes."""
 
     reason: str
     detail: str
@@ -152,7 +157,7 @@ class Ingestor:
         dead: list[DeadLetter] = []
         if decoded.rejects:
             counts = self.ledger.partition(partition)
-            body = raw or b""
+            body = (raw or b"")[:DEAD_LETTER_RAW_MAX]
             for r in decoded.rejects:
                 counts.received += r.n_readings
                 counts.dead(r.reason, r.n_readings)
