@@ -1,7 +1,7 @@
-"""Online evaluation: when a step's actual values are sealed, score every live forecast that targeted it.
+"""Online evaluation: score each live forecast against the actual values once they have all arrived.
 
 A forecast issued after step `s` (its last input step) targets steps `s + h·step` for h = 1..H. When step
-`t` seals, the forecasts issued at `t - h·step` are compared with it at horizon h, under the training
+`s + H·step` seals, the forecast is complete and is scored at every horizon, under the training
 protocol's masking (as `training.metrics`: missing targets excluded everywhere, zero targets also for
 traffic networks with `zero_is_missing`, and |y| < MAPE_EPS for MAPE). Scores accumulate per model version (all-time) and over a rolling
 window of the last `rolling_steps` sealed steps for the serving model — the drift signal retraining uses.
@@ -61,6 +61,7 @@ class OnlineEvaluator:
         self.targets = list(targets)
         self.zero_is_missing = zero_is_missing
         self._issued: dict[int, tuple[str, np.ndarray]] = {}  # last input step -> (version, [H, N, out])
+        self._actuals: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # step -> (values, counts) [N, out]
         self.cumulative: dict[str, Sums] = {}
         self._rolling: deque[_StepScore] = deque(maxlen=rolling_steps)
 
@@ -69,34 +70,40 @@ class OnlineEvaluator:
         self._issued[step_ts] = (version, values)
 
     def observe(self, step_ts: int, values: np.ndarray, mask: np.ndarray) -> _StepScore | None:
-        """The sealed step's actuals `values`, `mask` [N, F]; scores the forecasts that targeted it."""
+        """The sealed step's actuals `values`, `mask` [N, F]. Scores the forecast whose last target this
+        step is (issued H steps earlier) at every horizon at once: a forecast counts when it is complete,
+        so each horizon is scored on the same forecasts — as offline evaluation scores whole windows."""
         actual = values[:, self.targets].astype(np.float64)  # [N, out]
         keep = (mask[:, self.targets] > 0) & np.isfinite(actual)  # [N, out]
         if self.zero_is_missing:
             keep &= actual != 0
-        h_abs, h_sq, h_n = np.zeros(self.horizon), np.zeros(self.horizon), np.zeros(self.horizon)
-        version = None
-        for h in range(1, self.horizon + 1):
-            issued = self._issued.get(step_ts - h * self.step_ms)
-            if issued is None:
-                continue
-            version, forecast = issued
-            pred = forecast[h - 1].astype(np.float64)  # [N, out]
-            ok = keep & np.isfinite(pred)
-            err = np.where(ok, pred - actual, 0.0)  # [N, out]
-            nonzero = ok & (np.abs(actual) > MAPE_EPS)
-            h_abs[h - 1], h_sq[h - 1], h_n[h - 1] = np.abs(err).sum(), (err**2).sum(), ok.sum()
-            sums = self.cumulative.setdefault(version, Sums(self.horizon))
-            sums.abs[h - 1] += h_abs[h - 1]
-            sums.sq[h - 1] += h_sq[h - 1]
-            sums.n[h - 1] += h_n[h - 1]
-            sums.ape[h - 1] += (np.abs(err)[nonzero] / np.abs(actual[nonzero])).sum()
-            sums.n_ape[h - 1] += nonzero.sum()
-        oldest = step_ts - self.horizon * self.step_ms
-        for ts in [t for t in self._issued if t <= oldest]:
+        self._actuals[step_ts] = (actual, keep)
+        issued_at = step_ts - self.horizon * self.step_ms
+        for ts in [t for t in self._actuals if t <= issued_at]:
+            del self._actuals[ts]
+        issued = self._issued.pop(issued_at, None)
+        for ts in [t for t in self._issued if t < issued_at]:
             del self._issued[ts]
-        if version is None:
+        if issued is None:
             return None
+        version, forecast = issued
+        h_abs, h_sq, h_n = np.zeros(self.horizon), np.zeros(self.horizon), np.zeros(self.horizon)
+        sums = self.cumulative.setdefault(version, Sums(self.horizon))
+        for h in range(1, self.horizon + 1):
+            target = self._actuals.get(issued_at + h * self.step_ms)
+            if target is None:  # cannot happen while the windower seals every step; never guess
+                continue
+            y, ok = target
+            pred = forecast[h - 1].astype(np.float64)  # [N, out]
+            ok = ok & np.isfinite(pred)
+            err = np.where(ok, pred - y, 0.0)  # [N, out]
+            nonzero = ok & (np.abs(y) > MAPE_EPS)
+            h_abs[h - 1], h_sq[h - 1], h_n[h - 1] = np.abs(err).sum(), (err**2).sum(), ok.sum()
+            sums.ape[h - 1] += (np.abs(err)[nonzero] / np.abs(y[nonzero])).sum()
+            sums.n_ape[h - 1] += nonzero.sum()
+        sums.abs += h_abs
+        sums.sq += h_sq
+        sums.n += h_n
         score = _StepScore(step_ts, version, h_abs, h_sq, h_n)
         self._rolling.append(score)
         return score

@@ -47,12 +47,11 @@ def test_online_mae_per_horizon_matches_independent_computation(fresh_settings: 
 
     window, horizon = s.window.window, s.window.horizon
     abs_sum, n_sum = np.zeros(horizon), np.zeros(horizon)
-    for issued in range(window - 1, steps):  # forecasts issued after each sealed step with a full window
+    # a forecast is scored once complete: issued after each step with a full window and all H targets sealed
+    for issued in range(window - 1, steps - horizon):
         pred = _expected_persistence(vals, pres, issued)
         for h in range(1, horizon + 1):
             target = issued + h
-            if target >= steps:
-                continue
             ok = pres[target] & np.isfinite(pred)
             abs_sum[h - 1] += np.abs(pred[ok] - vals[target][ok]).sum()
             n_sum[h - 1] += ok.sum()
