@@ -108,7 +108,7 @@ class ServePipeline:
         self.redis = connect(s.redis)
         self.spec, self.registry_root = resolve(self.spec.ref)
         if s.retrain.enabled:
-            self.registry_root = self.registry_root or s.retrain.registry
+            self.registry_root = (self.registry_root or s.retrain.registry).resolve()
             self.spec = bootstrap(self.registry_root, self.spec, self.network, self.window, self.horizon)
         if self.registry_root is not None:
             self.follower = Follower(self.registry_root)

@@ -167,8 +167,8 @@ class Retrainer:
             "window": self.window, "horizon": self.horizon, "epochs": s.epochs, "time_budget_s": s.time_budget_s,
             "patience": max(3, s.epochs // 4), "threads": 1,
         }  # fmt: skip
-        if s.warm_start and champion_path:
-            config["init_checkpoint"] = champion_path
+        if s.warm_start and champion_path:  # absolute: Ray Train workers run in their own folders
+            config["init_checkpoint"] = str(Path(champion_path).resolve())
         self._steps_since = 0
         self._last_start = time.monotonic()
         self._job = self._pool.submit(self._run, config, meta, champion)
