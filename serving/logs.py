@@ -39,3 +39,5 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # kafka-python logs every reconnect at ERROR with tracebacks; keep its own noise at WARNING+
     logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # its selector warns whenever a loaded CPU delays its event loop by >100 ms: not actionable
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
