@@ -1,0 +1,126 @@
+"""Does retraining starve serving? Live seal→Redis latency of a 207-sensor network served by an STFormer
+actor, first idle, then while a Ray Train job (2 workers × 0.5 CPU, the retraining default) trains on
+Los-loop beside it — same process, same run, real broker, Redis and Ray.
+
+    python benchmarks/retrain_latency.py [--steps 60] [--rate 5]
+
+Prints both and writes benchmarks/results/retrain_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from serve import T0, _frames, _settings, _stformer_checkpoint  # benchmarks/serve.py, beside this file
+
+from serving.embedded import EmbeddedRuntime
+from serving.forecaster import ModelSpec
+from serving.pipeline import ServePipeline
+from stream.datasets import datasets_root
+from stream.kafka_io import ReadingProducer, ensure_topics
+from stream.simulate import simulated_network
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _live(pipe: ServePipeline, producer: ReadingProducer, frames: list[Any], first: int, steps: int,
+          rate: float, step_ms: int) -> np.ndarray:  # fmt: skip
+    pipe.latencies_s.clear()
+    stop = threading.Event()
+
+    def publish() -> None:
+        for t in range(first, first + steps + 1):
+            if stop.wait(1 / rate):
+                return
+            producer.send_step(T0 + t * step_ms, *frames[t])
+            producer.flush()
+
+    th = threading.Thread(target=publish, daemon=True)
+    th.start()
+    deadline = time.monotonic() + steps / rate + 60
+    while len(pipe.latencies_s) < steps and time.monotonic() < deadline:
+        pipe.poll_once(20)
+    stop.set()
+    th.join()
+    return np.array(pipe.latencies_s) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--rate", type=float, default=5.0)
+    args = ap.parse_args()
+    root_data = datasets_root()
+    if root_data is None:
+        print("shared datasets not found: set SENSORCAST_DATASETS")
+        return
+    import ray
+
+    from training.train import train_with_ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    network = simulated_network(207, step_ms=300_000)
+    out: dict[str, Any] = {}
+    with EmbeddedRuntime() as rt, tempfile.TemporaryDirectory() as tmp:
+        s = _settings(rt, Path(tmp))
+        ensure_topics(s.kafka, {s.kafka.readings_topic: 2, s.kafka.dead_letter_topic: 1})
+        frames = _frames(network, 12 + 2 * args.steps + 4)
+        pipe = ServePipeline(
+            s, network, ModelSpec(_stformer_checkpoint(network, Path(tmp))), client_id="rl"
+        ).start()
+        try:
+            with ReadingProducer(s.kafka, network) as producer:
+                for t in range(12):
+                    producer.send_step(T0 + t * network.step_ms, *frames[t])
+                producer.flush()
+                while pipe.steps_forecast == 0:
+                    pipe.poll_once(100)
+                idle = _live(pipe, producer, frames, 12, args.steps, args.rate, network.step_ms)
+                config = {"dataset": str(root_data / "los-loop"), "out": str(Path(tmp) / "job.pt"),
+                          "model": "stformer", "epochs": 100, "time_budget_s": 10 * args.steps / args.rate}  # fmt: skip
+                job = threading.Thread(target=train_with_ray, args=(config,), daemon=True)
+                job.start()
+                time.sleep(15)  # let the workers start and reach their training loop
+                busy = _live(pipe, producer, frames, 13 + args.steps, args.steps, args.rate, network.step_ms)
+                training_alive = job.is_alive()
+        finally:
+            pipe.close()
+    for name, lat in (("idle", idle), ("training", busy)):
+        out[name] = {
+            "steps": len(lat),
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+        }
+        print(
+            f"{name:9s} p50 {out[name]['p50_ms']:7.1f} ms   p99 {out[name]['p99_ms']:7.1f} ms   ({len(lat)} steps)"
+        )
+    out["p99_training_over_idle_ratio"] = out["training"]["p99_ms"] / out["idle"]["p99_ms"]
+    out["training_ran_throughout"] = training_alive
+    ray.shutdown()
+    result = {
+        "benchmark": "retrain_latency",
+        "machine": {"node": platform.node(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+        "parameters": {
+            "sensors": 207,
+            "model": "stformer-small",
+            "rate_steps_per_s": args.rate,
+            "steps": args.steps,
+            "train": "Ray Train 2 workers x 0.5 CPU on los-loop",
+        },
+        **out,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "retrain_latency.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
