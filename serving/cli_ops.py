@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated
@@ -116,11 +117,20 @@ def ingest(
         settings.kafka, settings.window, Archive(archive, network), network, client_id=client_id
     )
     svc.start()
+    from serving.metrics import ServeMetrics
+
+    metrics = ServeMetrics()
+    metrics.attach_ledger(svc.ingestor.ledger.snapshot)
+    port = metrics.serve(settings.metrics.port, settings.metrics.host)
+    logging.getLogger("sensorcast").info("ingest metrics", extra={"port": port})
     last_input = time.monotonic()
     try:
         while True:
             received = svc.ingestor.ledger.total().received
-            svc.poll_once(500)
+            sealed = svc.poll_once(500)
+            if sealed:
+                metrics.steps_sealed.inc(len(sealed))
+                metrics.last_sealed.set(sealed[-1].step_ts)
             if svc.ingestor.ledger.total().received != received:
                 last_input = time.monotonic()
             elif until_idle and time.monotonic() - last_input > until_idle:
