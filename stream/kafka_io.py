@@ -247,8 +247,14 @@ class IngestConsumer:
         batches = self._consumer.poll(timeout_ms=timeout_ms)
         return [(tp.partition, msgs) for tp, msgs in batches.items()]
 
-    def commit(self, offsets: Mapping[int, int]) -> None:
-        """Commit `partition -> next offset to read` for partitions this member still owns."""
+    def commit(self, offsets: Mapping[int, int]) -> bool:
+        """Commit `partition -> next offset to read` for partitions this member still owns.
+
+        A commit the broker does not take (unreachable, timed out, group rebalancing) is logged and
+        skipped, not raised: the offsets are cumulative, so the next cycle's commit covers these, and a
+        crash before it only replays what is already durable. Returns whether the commit went through.
+        """
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
         owned = {tp.partition for tp in self._consumer.assignment()}
@@ -257,8 +263,14 @@ class IngestConsumer:
             for p, o in offsets.items()
             if p in owned
         }
-        if todo:
+        if not todo:
+            return True
+        try:
             self._consumer.commit(todo)
+        except KafkaError as exc:
+            log.warning("offset commit failed; the next cycle retries it", extra={"error": repr(exc)})
+            return False
+        return True
 
     def assigned(self) -> list[int]:
         return sorted(tp.partition for tp in self._consumer.assignment())
