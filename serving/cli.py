@@ -46,11 +46,12 @@ for _command in (simulate, ingest, replay, forecasts):
     app.command()(_command)
 
 
-# The demo's retraining: a first job once ~240 steps are archived (4 min at
-# the default speed), then every 240 steps or on drift; small model, 2 Ray Train workers × 0.5 CPU.
+# The demo's retraining: a first job once ~300 steps are archived (2.5 min at the default speed, three
+# simulated days of 15-minute steps), then every 300 steps or on drift; a small STFormer on 2 Ray Train
+# workers × 0.5 CPU, warm-started from the champion after the first promotion.
 DEMO_RETRAIN = {
-    "every_steps": 240, "min_steps": 200, "holdout_steps": 40, "history_steps": 600, "epochs": 20,
-    "time_budget_s": 120.0, "workers": 2, "drift_patience": 20, "backoff_s": 30.0,
+    "every_steps": 300, "min_steps": 250, "holdout_steps": 48, "history_steps": 1000, "epochs": 30,
+    "time_budget_s": 150.0, "workers": 2, "drift_patience": 20, "backoff_s": 30.0,
 }  # fmt: skip
 
 
@@ -59,8 +60,9 @@ def demo(
     duration: Annotated[float, typer.Option(help="seconds to run (0 = until Ctrl-C)")] = 60.0,
     sensors: Annotated[int, typer.Option(help="simulated sensors")] = 20,
     speed: Annotated[
-        float, typer.Option(help="simulated time per real time (300: a 5-min step per second)")
-    ] = 300.0,
+        float, typer.Option(help="simulated time per real time (1800: two 15-min steps per second)")
+    ] = 1800.0,
+    step_minutes: Annotated[int, typer.Option(help="grid step of the simulated network")] = 15,
     model: Annotated[
         str, typer.Option(help="baseline:persistence or a checkpoint path")
     ] = "baseline:persistence",
@@ -91,7 +93,7 @@ def demo(
         if not bootstrap:  # the embedded broker starts empty: so do the archive and the registry
             for folder in (settings.archive.root, settings.retrain.registry):
                 shutil.rmtree(folder, ignore_errors=True)
-        network = network_for(settings, sensors)
+        network = network_for(settings, sensors, step_ms=step_minutes * 60_000)
         pipeline = ServePipeline(settings, network, ModelSpec(model), client_id="sensorcast-demo")
         stop = threading.Event()
         sim_error: list[BaseException] = []

@@ -76,7 +76,7 @@ def ray_session(settings: Settings) -> Iterator[None]:
         ray.shutdown()
 
 
-def network_for(settings: Settings, sensors: int) -> Network:
+def network_for(settings: Settings, sensors: int, *, step_ms: int = 300_000) -> Network:
     if settings.network_file is not None:
         return Network.load(settings.network_file)
-    return simulated_network(sensors)
+    return simulated_network(sensors, step_ms=step_ms)

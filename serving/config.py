@@ -94,6 +94,11 @@ class RetrainSettings(BaseModel):
     cpus_per_worker: float = Field(default=0.5, gt=0)
     backoff_s: float = Field(default=30.0, ge=0, description="first wait after a failed job; doubles")
     warm_start: bool = True
+    overrides: dict[str, Any] = Field(
+        default_factory=lambda: {"residual": True},
+        description="model config fields; residual: forecast the change from the last value, so a small "
+        "model trained on little data starts from persistence instead of from nothing",
+    )
 
 
 class MetricsSettings(BaseModel):
