@@ -31,6 +31,19 @@ log = logging.getLogger(__name__)
 _FAST_CRC = importlib.util.find_spec("crc32c") is not None
 
 
+class _RedactSecrets(logging.Filter):
+    """kafka-python's admin client logs its whole configuration at DEBUG, SASL password included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, dict) and args.get("sasl_plain_password") is not None:
+            record.args = {**args, "sasl_plain_password": "**********"}
+        return True
+
+
+logging.getLogger("kafka.admin.client").addFilter(_RedactSecrets())
+
+
 class BrokerUnavailable(RuntimeError):
     """No Kafka broker answers at the configured bootstrap address."""
 
