@@ -83,6 +83,7 @@ class Follower:
         self.root = registry_root
         self.follow_s = follow_s
         self._next = 0.0
+        self._refused: str | None = None
 
     def changed(self, serving_path: str) -> ModelSpec | None:
         now = time.monotonic()
@@ -96,4 +97,17 @@ class Follower:
             return None
         if champion is None or Path(champion.path) == Path(serving_path):
             return None
+        # a champion whose file was spoiled after registration must not reach the actors: refused there, it
+        # would stop serving; here it is refused with a clear error and the serving model stays
+        from training.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            load_checkpoint(champion.path)
+        except CheckpointError as exc:
+            if self._refused != champion.path:
+                log.error("refusing the registry's champion; the serving model stays",
+                          extra={"version": champion.version, "error": str(exc)})  # fmt: skip
+            self._refused = champion.path
+            return None
+        self._refused = None
         return ModelSpec(champion.path)
