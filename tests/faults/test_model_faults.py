@@ -1,0 +1,198 @@
+"""Model faults: a tampered, truncated or foreign checkpoint given to `sensorcast serve --model` or made
+the registry's champion under a running pipeline is refused with a clear error and the serving model stays;
+a training job that crashes or diverges (NaN loss) leaves the champion and serving untouched."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import torch
+from typer.testing import CliRunner
+
+from serving.cli import app
+from serving.config import Settings
+from serving.forecaster import ModelSpec
+from serving.pipeline import ServePipeline
+from stream.kafka_io import ReadingProducer, ensure_topics
+from stream.network import Network
+from stream.simulate import Simulator, simulated_network
+from tests.conftest import wait_for
+from tests.faults.conftest import Reliability
+from training.baselines import Persistence, PersistenceConfig
+from training.checkpoint import Checkpoint, save_checkpoint
+from training.registry import Registry
+from training.scaler import StandardScaler
+
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("ray_local")]
+
+STEP = 60_000
+T0 = 1_767_225_600_000
+
+
+def _good(network: Network, path: Path, window: int, horizon: int) -> Path:
+    ckpt = Checkpoint.from_model(
+        "persistence", Persistence(PersistenceConfig(horizon=horizon, targets=tuple(range(network.n_features)))),
+        scaler=StandardScaler.identity(network.n_features), network=network, targets=network.feature_names,
+        window=window, horizon=horizon, version="good-persistence",
+    )  # fmt: skip
+    return save_checkpoint(ckpt, path)
+
+
+def _spoil(kind: str, good: Path, out: Path) -> Path:
+    if kind == "tampered":
+        payload = torch.load(good, weights_only=True)
+        payload["scaler"]["mean"][0] += 1.0
+        torch.save(payload, out)
+    elif kind == "truncated":
+        out.write_bytes(good.read_bytes()[:600])
+    else:
+        torch.save({"weight": torch.zeros(3)}, out)
+    return out
+
+
+WHY = {
+    "tampered": "integrity check",
+    "truncated": "truncated or corrupt",
+    "foreign": "not a sensorcast checkpoint",
+}
+
+
+@pytest.mark.parametrize("kind", ["tampered", "truncated", "foreign"])
+def test_serve_refuses_bad_checkpoint(kind: str, fault_settings: Settings, tmp_path: Path,
+                                      reliability: Reliability) -> None:  # fmt: skip
+    s = fault_settings
+    network = simulated_network(6, name=f"ck{kind}", step_ms=STEP)
+    net_file = tmp_path / "net.toml"
+    network.save(net_file)
+    bad = _spoil(
+        kind, _good(network, tmp_path / "good.pt", s.window.window, s.window.horizon), tmp_path / "bad.pt"
+    )
+    env = {"SENSORCAST_REDIS__KEY_PREFIX": s.redis.key_prefix, "SENSORCAST_KAFKA__READINGS_TOPIC": s.kafka.readings_topic,
+           "SENSORCAST_ARCHIVE__ROOT": s.archive.root.as_posix()}  # fmt: skip
+    t0 = time.monotonic()
+    out = CliRunner().invoke(app, ["serve", "--model", str(bad), "--network", str(net_file), "--duration", "1",
+                                   "--bootstrap", str(s.kafka.bootstrap),
+                                   "--redis-url", s.redis.url.get_secret_value()], env=env)  # fmt: skip
+    took = time.monotonic() - t0
+    text = out.output + (repr(out.exception) if out.exception else "")
+    assert out.exit_code != 0, out.output
+    assert WHY[kind] in text, text[-2000:]
+    r = redis.Redis.from_url(s.redis.url.get_secret_value())
+    assert not r.exists(f"{s.redis.key_prefix}:{{{network.name}}}:forecasts"), "a bad checkpoint served"
+    reliability.record(f"{kind} checkpoint", survived=True, lost=0, recovery_s=None,
+                       detail=f"`serve --model` refused it in {took:.1f} s: '{WHY[kind]}'; "
+                       "a registry champion spoiled the same way is refused by the follower (serving model kept)")  # fmt: skip
+
+
+def test_registry_follower_refuses_spoiled_champion(fault_settings: Settings, tmp_path: Path) -> None:
+    s = fault_settings
+    network = simulated_network(6, name="follow", step_ms=STEP)
+    reg = Registry(tmp_path / "registry")
+    good = _good(network, tmp_path / "good.pt", s.window.window, s.window.horizon)
+    v1 = reg.register(good, parent=None, reason="seed")
+    reg.promote(v1.version, reason="seed")
+    ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
+    sim = Simulator(network, seed=4)
+    pipe = ServePipeline(s, network, ModelSpec(str(reg.root)), client_id="follow").start()
+    pipe.follower.follow_s = 0.0
+    try:
+        with ReadingProducer(s.kafka, network) as producer:
+            for t in range(10):
+                producer.send_step(T0 + t * STEP, *sim.step(T0 + t * STEP))
+            producer.flush()
+            wait_for(
+                lambda: pipe.poll_once(100) >= 0 and pipe.steps_forecast >= 5, timeout_s=60, what="forecasts"
+            )
+            for i, kind in enumerate(("tampered", "truncated", "foreign")):
+                v = reg.register(good, reason=f"to be {kind}")
+                _spoil(kind, good, Path(v.path))  # spoiled after registration: only the follower can notice
+                reg.promote(v.version, reason="spoiled champion")
+                before = pipe.steps_forecast
+                for t in range(10 + 5 * i, 15 + 5 * i):
+                    producer.send_step(T0 + t * STEP, *sim.step(T0 + t * STEP))
+                producer.flush()
+                wait_for(lambda b=before: pipe.poll_once(100) >= 0 and pipe.steps_forecast >= b + 4, timeout_s=60,
+                         what=f"serving to go on after a {kind} champion")  # fmt: skip
+                assert pipe.dispatcher.version == v1.version, f"a {kind} champion was loaded"
+    finally:
+        pipe.close()
+
+
+# -- training faults (slow: each needs an archive deep enough to train on) --------------------------------
+
+
+def _retrain_settings(base: Settings, tmp_path: Path, **retrain: Any) -> Settings:
+    s = base.model_copy(deep=True)
+    s.window.window, s.window.horizon = 12, 6
+    s.online.rolling_steps = 24
+    s.retrain = s.retrain.model_copy(update={
+        "enabled": True, "registry": tmp_path / "registry", "min_steps": 120, "holdout_steps": 30,
+        "history_steps": 90, "epochs": 2, "time_budget_s": 30, "workers": 0, "every_steps": 130,
+        "backoff_s": 600, "model": "stformer", "preset": "small", **retrain,
+    })  # fmt: skip
+    return s
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["crash", "nan"])
+def test_training_fault_leaves_champion_and_serving(fault: str, fault_settings: Settings, tmp_path: Path,
+                                                    reliability: Reliability, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import training.train as train_mod
+
+    real = train_mod.train_func
+    if fault == "crash":
+
+        def job(config: dict[str, Any], log: Any = None) -> dict[str, Any]:
+            raise MemoryError("simulated: the training worker died mid-epoch")
+    else:  # a diverging job: the real training loop with a learning rate of 1e9
+
+        def job(config: dict[str, Any], log: Any = None) -> dict[str, Any]:
+            return real({**config, "lr": 1e9, "warmup_epochs": 0}, log)
+
+    monkeypatch.setattr(train_mod, "train_func", job)
+
+    s = _retrain_settings(fault_settings, tmp_path)
+    network = simulated_network(6, name=f"train{fault}", step_ms=STEP)
+    ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
+    pipe = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id=fault).start()
+    reg = Registry(s.retrain.registry)
+    seed = reg.champion().version
+    sim = Simulator(network, seed=6)
+    steps = 200
+    failed: list[Any] = []
+    try:
+        with ReadingProducer(s.kafka, network) as producer:
+            for t in range(steps):
+                producer.send_step(T0 + t * STEP, *sim.step(T0 + t * STEP))
+            produced = producer.sent
+        r = redis.Redis.from_url(s.redis.url.get_secret_value())
+        events = f"{s.redis.key_prefix}:{{{network.name}}}:events"
+
+        def failed_event() -> bool:
+            failed[:] = [f for _, f in r.xrange(events) if f[b"type"] == b"retrain_failed"]
+            return bool(failed)
+
+        t0 = time.monotonic()
+        wait_for(
+            lambda: pipe.poll_once(100) >= 0 and failed_event(), timeout_s=300, what="the failed job's report"
+        )
+        took = time.monotonic() - t0
+        wait_for(lambda: pipe.poll_once(100) >= 0 and pipe.ingest.ingestor.ledger.total().received >= produced,
+                 timeout_s=120, what="serving to consume every reading")  # fmt: skip
+        pipe.drain()
+    finally:
+        pipe.close()
+    assert reg.champion().version == seed and len(reg.list()) == 1 and pipe.dispatcher.version == seed
+    detail = failed[0][b"detail"].decode()
+    assert ("MemoryError" if fault == "crash" else "non-finite") in detail, detail
+    got = [int(f[b"step_ts"]) for _, f in r.xrange(f"{s.redis.key_prefix}:{{{network.name}}}:forecasts")]
+    want = [T0 + t * STEP for t in range(s.window.window - 1, steps)]
+    assert got == want
+    name = "training job crash" if fault == "crash" else "training NaN loss"
+    reliability.record(name, survived=True, lost=0, recovery_s=None,
+                       detail=f"job reported failed after {took:.0f} s ({detail[:70]}); champion {seed} kept, "
+                       f"{len(want)} of {len(want)} steps forecast")  # fmt: skip
