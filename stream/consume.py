@@ -106,6 +106,7 @@ class IngestService:
         dead = []
         for partition, messages in self.consumer.poll_batches(timeout_ms):
             dead += self.ingestor.ingest_many(partition, messages)
+        self.ingestor.windower.keep_active(p for p, lag in self.consumer.lag().items() if lag != 0)
         sealed = [] if self._silent_partitions() else self.ingestor.seal()
         self._make_durable(dead, sealed, on_sealed)
         return sealed

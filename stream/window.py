@@ -22,7 +22,7 @@ Pure Python/numpy with an injected clock: no Kafka, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -329,6 +329,15 @@ class Windower:
             p.counts.windowed += windowed
 
     # -- watermark and sealing -------------------------------------------------------------------------
+
+    def keep_active(self, partitions: Iterable[int]) -> None:
+        """Partitions with unread data are not idle, however long since their last reading was processed:
+        a stalled consumer (a slow forecast, Redis down) must not make a lagging partition look silent
+        and let the others seal steps it still holds readings for."""
+        for partition in partitions:
+            p = self._parts.get(partition)
+            if p is not None:
+                p.touched = True
 
     def watermark(self) -> int | None:
         """The network watermark (never decreases); None before the first reading.

@@ -282,3 +282,19 @@ def test_rolling_window_load_from_arrays() -> None:
     r.load(ts, values, np.ones((3, 3, 2), np.uint8))
     assert r.ready and r.step_ts().tolist() == ts[1:].tolist()
     assert np.array_equal(r.values(), values[1:])
+
+
+def test_a_partition_with_unread_data_is_not_idle_after_a_stall() -> None:
+    # the consumer stalled (Redis down) longer than the idle timeout; partition 1 still has unread data
+    clock = Clock()
+    w = windower(clock, idle_timeout_ms=10_000)
+    w.add(0, 0, rows((T0, 0, 0, 1.0)))
+    w.add(1, 0, rows((T0, 1, 0, 1.0)))
+    assert w.seal() == []
+    clock.t += 60_000
+    w.add(0, 1, rows((T0 + 20 * STEP, 0, 0, 2.0)))  # partition 0 is ahead after the stall
+    w.keep_active([1])
+    assert w.seal() == [], "partition 1's watermark must still hold the network back"
+    assert w.watermark() == T0
+    clock.t += 60_000
+    assert w.seal(), "without keep_active, a silent partition does time out"
