@@ -76,6 +76,17 @@ def ray_session(settings: Settings) -> Iterator[None]:
         ray.shutdown()
 
 
+def broker_settings(command: str, config: Path | None, bootstrap: str | None, log_level: str) -> Settings:
+    """Logging and settings for a command that works against an existing broker (no embedded one)."""
+    from serving import logs
+
+    logs.configure(log_level)
+    settings = settings_from(config, bootstrap, None, None)
+    if not settings.kafka.bootstrap:
+        raise typer.BadParameter(f"{command} works against an existing broker: pass --bootstrap HOST:PORT")
+    return settings
+
+
 def network_for(settings: Settings, sensors: int, *, step_ms: int = 300_000) -> Network:
     if settings.network_file is not None:
         return Network.load(settings.network_file)

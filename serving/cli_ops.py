@@ -10,8 +10,15 @@ from typing import Annotated
 
 import typer
 
-from serving import logs
-from serving.cli_common import Bootstrap, ConfigFile, LogLevel, console, network_for, settings_from
+from serving.cli_common import (
+    Bootstrap,
+    ConfigFile,
+    LogLevel,
+    broker_settings,
+    console,
+    network_for,
+    settings_from,
+)
 from stream.network import Network
 
 
@@ -30,10 +37,7 @@ def simulate(
     from stream.kafka_io import ensure_topics
     from stream.produce import run_simulation
 
-    logs.configure(log_level)
-    settings = settings_from(config, bootstrap, None, None)
-    if not settings.kafka.bootstrap:
-        raise typer.BadParameter("simulate publishes to an existing broker: pass --bootstrap HOST:PORT")
+    settings = broker_settings("simulate", config, bootstrap, log_level)
     network = network_for(settings, sensors)
     ensure_topics(settings.kafka, {settings.kafka.readings_topic: settings.kafka.partitions})
     start = time.time_ns() // 1_000_000
@@ -108,10 +112,7 @@ def ingest(
     from stream.archive import Archive
     from stream.consume import IngestService
 
-    logs.configure(log_level)
-    settings = settings_from(config, bootstrap, None, None)
-    if not settings.kafka.bootstrap:
-        raise typer.BadParameter("ingest reads an existing broker: pass --bootstrap HOST:PORT")
+    settings = broker_settings("ingest", config, bootstrap, log_level)
     network = Network.load(network_file)
     svc = IngestService(
         settings.kafka, settings.window, Archive(archive, network), network, client_id=client_id
@@ -170,10 +171,7 @@ def replay(
     from stream.kafka_io import ReadingProducer, ensure_topics
     from stream.replay import plan, send
 
-    logs.configure(log_level)
-    settings = settings_from(config, bootstrap, None, None)
-    if not settings.kafka.bootstrap:
-        raise typer.BadParameter("replay publishes to an existing broker: pass --bootstrap HOST:PORT")
+    settings = broker_settings("replay", config, bootstrap, log_level)
     ds = load_dataset(dataset)
     if save_network is not None:
         ds.network.save(save_network)
