@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from serve import T0, _frames, _settings, _stformer_checkpoint  # benchmarks/serve.py, beside this file
+from serve import T0, _frames, _settings, _stformer_checkpoint, live  # benchmarks/serve.py, beside this file
 
 from serving.embedded import EmbeddedRuntime
 from serving.forecaster import ModelSpec
@@ -30,28 +30,6 @@ from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.simulate import simulated_network
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _live(pipe: ServePipeline, producer: ReadingProducer, frames: list[Any], first: int, steps: int,
-          rate: float, step_ms: int) -> np.ndarray:  # fmt: skip
-    pipe.latencies_s.clear()
-    stop = threading.Event()
-
-    def publish() -> None:
-        for t in range(first, first + steps + 1):
-            if stop.wait(1 / rate):
-                return
-            producer.send_step(T0 + t * step_ms, *frames[t])
-            producer.flush()
-
-    th = threading.Thread(target=publish, daemon=True)
-    th.start()
-    deadline = time.monotonic() + steps / rate + 60
-    while len(pipe.latencies_s) < steps and time.monotonic() < deadline:
-        pipe.poll_once(20)
-    stop.set()
-    th.join()
-    return np.array(pipe.latencies_s) * 1000
 
 
 def main() -> None:
@@ -84,13 +62,13 @@ def main() -> None:
                 producer.flush()
                 while pipe.steps_forecast == 0:
                     pipe.poll_once(100)
-                idle = _live(pipe, producer, frames, 12, args.steps, args.rate, network.step_ms)
+                idle = live(pipe, producer, frames, 12, args.steps, args.rate, network.step_ms)
                 config = {"dataset": str(root_data / "los-loop"), "out": str(Path(tmp) / "job.pt"),
                           "model": "stformer", "epochs": 100, "time_budget_s": 10 * args.steps / args.rate}  # fmt: skip
                 job = threading.Thread(target=train_with_ray, args=(config,), daemon=True)
                 job.start()
                 time.sleep(15)  # let the workers start and reach their training loop
-                busy = _live(pipe, producer, frames, 13 + args.steps, args.steps, args.rate, network.step_ms)
+                busy = live(pipe, producer, frames, 13 + args.steps, args.steps, args.rate, network.step_ms)
                 training_alive = job.is_alive()
         finally:
             pipe.close()

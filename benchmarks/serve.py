@@ -74,6 +74,29 @@ def _frames(network: Network, steps: int) -> list[tuple[np.ndarray, np.ndarray]]
     return [sim.step(T0 + t * network.step_ms) for t in range(steps)]
 
 
+def live(pipe: ServePipeline, producer: ReadingProducer, frames: list[Any], first: int, steps: int,
+         rate: float, step_ms: int) -> np.ndarray:  # fmt: skip
+    """Publish one step every 1/rate s from `first`; seal→Redis latency (ms) of each forecast step."""
+    pipe.latencies_s.clear()
+    stop = threading.Event()
+
+    def publish() -> None:
+        for t in range(first, first + steps + 1):
+            if stop.wait(1 / rate):
+                return
+            producer.send_step(T0 + t * step_ms, *frames[t])
+            producer.flush()
+
+    th = threading.Thread(target=publish, daemon=True)
+    th.start()
+    deadline = time.monotonic() + steps / rate + 60
+    while len(pipe.latencies_s) < steps and time.monotonic() < deadline:
+        pipe.poll_once(20)
+    stop.set()
+    th.join()
+    return np.array(pipe.latencies_s) * 1000
+
+
 def run_case(rt: EmbeddedRuntime, root: Path, n: int, model: str, *, replay_steps: int, live_steps: int,
              rate: float) -> dict[str, Any]:  # fmt: skip
     network = simulated_network(n, step_ms=300_000)
@@ -100,25 +123,7 @@ def run_case(rt: EmbeddedRuntime, root: Path, n: int, model: str, *, replay_step
             elapsed = time.perf_counter() - t0
             first = 0
             out["replay_steps_per_s"] = (pipe.steps_forecast - first) / elapsed
-            # live: one step every 1/rate s
-            pipe.latencies_s.clear()
-            stop = threading.Event()
-
-            def publish() -> None:
-                for t in range(replay_steps, replay_steps + live_steps + 1):
-                    if stop.wait(1 / rate):
-                        return
-                    producer.send_step(T0 + t * network.step_ms, *frames[t])
-                    producer.flush()
-
-            th = threading.Thread(target=publish, daemon=True)
-            th.start()
-            deadline = time.monotonic() + live_steps / rate + 30
-            while len(pipe.latencies_s) < live_steps and time.monotonic() < deadline:
-                pipe.poll_once(20)
-            stop.set()
-            th.join()
-        lat = np.array(pipe.latencies_s) * 1000
+            lat = live(pipe, producer, frames, replay_steps, live_steps, rate, network.step_ms)
         out.update(
             live_rate_steps_per_s=rate,
             live_steps=len(lat),
