@@ -50,26 +50,31 @@ def ray_local() -> Iterator[None]:
         ray.shutdown()
 
 
-@pytest.fixture
-def fresh_settings(embedded: EmbeddedRuntime, tmp_path: Path) -> Settings:
-    """Settings pointing at the session's servers, with unique topics, group, key prefix and archive."""
+def settings_for(rt: EmbeddedRuntime, tmp_path: Path) -> Settings:
+    """Settings pointing at `rt`'s servers, with unique topics, group, key prefix and archive."""
     tag = uuid.uuid4().hex[:10]
     return Settings.model_validate(
         {
             "kafka": {
-                "bootstrap": embedded.bootstrap,
+                "bootstrap": rt.bootstrap,
                 "readings_topic": f"readings-{tag}",
                 "dead_letter_topic": f"dead-{tag}",
                 "group_id": f"group-{tag}",
                 "partitions": 2,
                 "session_timeout_ms": 3000,
             },
-            "redis": {"url": embedded.redis_url, "key_prefix": f"t{tag}"},
+            "redis": {"url": rt.redis_url, "key_prefix": f"t{tag}"},
             "ray": {"actor_num_cpus": 0.25},
             "archive": {"root": str(tmp_path / "archive")},
             "window": {"window": 4, "horizon": 3, "allowed_lateness_ms": 0, "idle_timeout_ms": 60_000},
         }
     )
+
+
+@pytest.fixture
+def fresh_settings(embedded: EmbeddedRuntime, tmp_path: Path) -> Settings:
+    """Settings for the session's servers, fresh names per test."""
+    return settings_for(embedded, tmp_path)
 
 
 @pytest.fixture

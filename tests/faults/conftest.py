@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 from serving.config import Settings
 from serving.embedded import EmbeddedRuntime
+from tests.conftest import settings_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,20 +129,4 @@ def faults_runtime() -> Iterator[EmbeddedRuntime]:
 @pytest.fixture
 def fault_settings(faults_runtime: EmbeddedRuntime, tmp_path: Path) -> Settings:
     """Like `fresh_settings`, against the fault suite's servers."""
-    tag = uuid.uuid4().hex[:10]
-    return Settings.model_validate(
-        {
-            "kafka": {
-                "bootstrap": faults_runtime.bootstrap,
-                "readings_topic": f"readings-{tag}",
-                "dead_letter_topic": f"dead-{tag}",
-                "group_id": f"group-{tag}",
-                "partitions": 2,
-                "session_timeout_ms": 3000,
-            },
-            "redis": {"url": faults_runtime.redis_url, "key_prefix": f"t{tag}"},
-            "ray": {"actor_num_cpus": 0.25},
-            "archive": {"root": str(tmp_path / "archive")},
-            "window": {"window": 4, "horizon": 3, "allowed_lateness_ms": 0, "idle_timeout_ms": 60_000},
-        }
-    )
+    return settings_for(faults_runtime, tmp_path)
