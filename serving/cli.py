@@ -46,8 +46,8 @@ for _command in (simulate, ingest, replay, forecasts):
     app.command()(_command)
 
 
-# The demo's retraining: a first job once ~300 steps are archived (2.5 min at the default speed, three
-# simulated days of 15-minute steps), then every 300 steps or on drift; a small STFormer on 2 Ray Train
+# The demo's retraining: a first job once ~300 steps are archived (2.5 min at the default speed, six
+# simulated days of 30-minute steps), then every 300 steps or on drift; a small STFormer on 2 Ray Train
 # workers × 0.5 CPU, warm-started from the champion after the first promotion.
 DEMO_RETRAIN = {
     "every_steps": 300, "min_steps": 250, "holdout_steps": 48, "history_steps": 1000, "epochs": 30,
@@ -60,9 +60,9 @@ def demo(
     duration: Annotated[float, typer.Option(help="seconds to run (0 = until Ctrl-C)")] = 60.0,
     sensors: Annotated[int, typer.Option(help="simulated sensors")] = 20,
     speed: Annotated[
-        float, typer.Option(help="simulated time per real time (1800: two 15-min steps per second)")
-    ] = 1800.0,
-    step_minutes: Annotated[int, typer.Option(help="grid step of the simulated network")] = 15,
+        float, typer.Option(help="simulated time per real time (3600: two 30-min steps per second)")
+    ] = 3600.0,
+    step_minutes: Annotated[int, typer.Option(help="grid step of the simulated network")] = 30,
     model: Annotated[
         str, typer.Option(help="baseline:persistence or a checkpoint path")
     ] = "baseline:persistence",
