@@ -123,6 +123,17 @@ def test_drift_triggers_retraining_and_promotion(fresh_settings: Settings, tmp_p
     )
     record = reg.show(adapted)
     assert record.parent == learned and record.metrics["gate"]["trigger"] == "drift"
+    events = _events(s, "drift")
+    drift_ms = min(int(e["ts"]) for e in events if e["type"] == "drift")
+    promoted_ms = max(
+        int(e["ts"]) for e in events if e["type"] == "promoted" and e["model_version"] == adapted
+    )
+    artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "retrain_drift.json").write_text(orjson.dumps({
+        "drift_to_promotion_s": (promoted_ms - drift_ms) / 1000, "reference_mae": ref, "mae_after": mae_after,
+        "regime_switch_step": switch_step, "steps_sent": feed.sent,
+    }).decode())  # fmt: skip
     assert record.metrics["gate"]["holdout"][0] > T0 + switch_step * STEP - 50 * STEP
     # every step across both swaps has exactly one forecast, tagged old then new version
     r = redis.Redis.from_url(s.redis.url.get_secret_value())
