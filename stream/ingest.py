@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
+from stream.columnar import Singles, SinglesDecoder
 from stream.ledger import Ledger
 from stream.network import Network
 from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoded, Decoder
@@ -110,6 +112,8 @@ class Ingestor:
         self._late: list[LateReading] = []
         self._decode_rows = self.decoder.decode_rows
         self._add_rows = self.windower.add_rows
+        self._singles = SinglesDecoder(network, max_message_bytes=max_message_bytes)
+        self._n_features = network.n_features
         self._refresh_ceiling()
 
     def ingest(self, partition: int, offset: int, raw: bytes | None) -> list[DeadLetter]:
@@ -124,31 +128,54 @@ class Ingestor:
 
     def ingest_many(self, partition: int, messages: Iterable[Any]) -> list[DeadLetter]:
         """`ingest()` for one partition's messages in offset order, each with `.offset` and `.value` (a
-        poll's records); the same outcome as one `ingest()` per message, with less work per message.
+        poll's records); the same outcome as one `ingest()` per message, with far less work per message.
 
-        Clean single readings are windowed together (`Windower.add_many`), in order: a run of them is
-        handed over before any other message, so duplicates and late readings come out as one by one.
+        Clean single readings are decoded in bulk (`SinglesDecoder`); the rest one by one as in
+        `ingest()`. Runs of clean messages (single or batch) are windowed as one set of columns, in
+        offset order, so duplicates and late readings come out as they would one by one.
         """
-        decode = self._decode_rows
-        clean: list[tuple[int, list[tuple[int, int, int, float]]]] = []
+        msgs = messages if isinstance(messages, list) else list(messages)
+        if not msgs:
+            return []
+        dec = self.decoder
+        singles = self._singles.decode([x.value for x in msgs], dec.min_ts_ms, dec.ts_ceiling_ms)
+        offsets = np.array([x.offset for x in msgs], dtype=np.int64)
+        if singles.taken.all():
+            self._add_singles(partition, offsets, singles, slice(None))
+            return []
+        run = _Run(self._n_features)
         dead: list[DeadLetter] = []
-        for m in messages:
-            decoded = decode(m.value)
+        start = 0
+        for i in np.flatnonzero(~singles.taken).tolist():
+            if i > start:
+                run.singles(offsets[start:i], singles, slice(start, i))
+            start = i + 1
+            m = msgs[i]
+            decoded = self._decode_rows(m.value)
             if isinstance(decoded, list):
-                clean.append((m.offset, decoded))
-                continue
-            if clean:
-                self._add_many(partition, clean)
-                clean = []
-            dead += self._ingest_decoded(partition, m.offset, m.value, decoded)
-        if clean:
-            self._add_many(partition, clean)
+                run.rows(m.offset, decoded)
+            elif not decoded.rejects:
+                run.decoded(m.offset, decoded)
+            else:
+                self._flush(partition, run)
+                dead += self._ingest_decoded(partition, m.offset, m.value, decoded)
+        if start < len(msgs):
+            run.singles(offsets[start:], singles, slice(start, None))
+        self._flush(partition, run)
         return dead
 
-    def _add_many(self, partition: int, clean: list[tuple[int, list[tuple[int, int, int, float]]]]) -> None:
-        late = self.windower.add_many(partition, clean)
+    def _add_singles(self, partition: int, offsets: np.ndarray, singles: Singles, sel: slice) -> None:
+        run = _Run(self._n_features)
+        run.singles(offsets[sel], singles, sel)
+        self._flush(partition, run)
+
+    def _flush(self, partition: int, run: _Run) -> None:
+        if run.last_offset < 0:
+            return
+        late = self.windower.add_columns(partition, *run.columns(), last_offset=run.last_offset)
         if late:
             self._late.extend(late)
+        run.clear()
 
     def _ingest_decoded(
         self, partition: int, offset: int, raw: bytes | None, decoded: Decoded
@@ -201,3 +228,60 @@ class Ingestor:
             if o is not None:
                 out[p] = o
         return out
+
+
+class _Run:
+    """Columns gathered from consecutive clean messages of one partition, windowed in one call."""
+
+    __slots__ = ("chunks", "last_offset", "n_features")
+
+    def __init__(self, n_features: int) -> None:
+        self.n_features = n_features
+        self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.last_offset = -1
+
+    def clear(self) -> None:
+        self.chunks = []
+        self.last_offset = -1
+
+    def singles(self, offsets: np.ndarray, s: Singles, sel: slice) -> None:
+        """Messages `sel` of a `Singles` decode, all taken; one reading per present value."""
+        present = ~np.isnan(s.values[sel])  # [m, F]
+        row, feature = np.nonzero(present)  # message order, then feature order
+        self.chunks.append(
+            (
+                offsets[row],
+                s.ts[sel][row],
+                s.sensor[sel][row] * self.n_features + feature,
+                s.values[sel][present],
+            )
+        )
+        self.last_offset = max(self.last_offset, int(offsets[-1]))
+
+    def rows(self, offset: int, rows: list[tuple[int, int, int, float]]) -> None:
+        if rows:
+            ts, sensor, feature = np.array([r[:3] for r in rows], dtype=np.int64).T
+            value = np.array([r[3] for r in rows], dtype=np.float64)
+            self.chunks.append(
+                (np.full(len(rows), offset, np.int64), ts, sensor * self.n_features + feature, value)
+            )
+        self.last_offset = max(self.last_offset, offset)
+
+    def decoded(self, offset: int, decoded: Decoded) -> None:
+        if decoded.rows is not None:
+            self.rows(offset, decoded.rows)
+            return
+        if decoded.n:
+            ts, sensor, feature, value = decoded.columns()
+            cells = sensor.astype(np.int64) * self.n_features + feature
+            self.chunks.append((np.full(len(ts), offset, np.int64), ts, cells, value))
+        self.last_offset = max(self.last_offset, offset)
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if len(self.chunks) == 1:
+            return self.chunks[0]
+        if not self.chunks:
+            empty = np.empty(0, np.int64)
+            return empty, empty, empty, np.empty(0, np.float64)
+        offsets, ts, cells, value = zip(*self.chunks, strict=True)
+        return np.concatenate(offsets), np.concatenate(ts), np.concatenate(cells), np.concatenate(value)

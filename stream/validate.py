@@ -1,8 +1,8 @@
 """Vectorised validation of a parsed v1 batch message (the fast path of `stream.schema.Decoder`).
 
 Given the header fields already checked by the decoder (`v`, integer `ts` in range, `values` an object),
-this turns `sensors` and the aligned value arrays into columnar numpy readings with one numpy pass per
-feature. A structurally broken batch (sensors not a list of strings, a value array that is not a list
+this turns `sensors` and the aligned value arrays into columnar numpy readings with one numpy pass over
+all features. A structurally broken batch (sensors not a list of strings, a value array that is not a list
 or not as long as `sensors`, nothing in it) is rejected whole; bad individual values are rejected per
 reading. Problems are plain `(reason, detail, n_readings)` tuples; the decoder wraps them.
 
@@ -11,9 +11,8 @@ No I/O, no JSON parsing, no knowledge of windows.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -60,10 +59,9 @@ def validate_batch(
     known = sidx >= 0
     all_known = bool(known.all())
     problems: list[Problem] = []
-    out_s: list[np.ndarray] = []
-    out_f: list[np.ndarray] = []
-    out_v: list[np.ndarray] = []
-    n_unknown_sensor = 0
+    names: list[str] = []
+    cols: list[list[Any]] = []
+    specs: list[tuple[int, float, float]] = []
     for name, col in values.items():
         spec = features.get(name)
         if spec is None:
@@ -72,42 +70,57 @@ def validate_batch(
                 detail = f"feature {name!r} is not in network {network_name!r}"
                 problems.append(("unknown_feature", detail, n_present))
             continue
-        fi, lo, hi = spec
-        if set(map(type, col)) <= _NUMERIC:
-            arr = np.array(col, dtype=np.float64)  # [n], null -> NaN (orjson never yields NaN itself)
-        else:
+        names.append(name)
+        cols.append(col)
+        specs.append(spec)
+    if not cols:
+        return None, problems
+    if set(map(type, chain.from_iterable(cols))) <= _NUMERIC:
+        arr = np.array(cols, dtype=np.float64)  # [k, n], null -> NaN (orjson never yields NaN itself)
+    else:
+        rows = []
+        for name, col in zip(names, cols, strict=True):
+            if set(map(type, col)) <= _NUMERIC:
+                rows.append(col)
+                continue
             wrong = [x for x in col if type(x) not in _NUMERIC]
             detail = f"values[{name!r}] holds {len(wrong)} non-numbers, e.g. {wrong[0]!r:.40}"
             problems.append(("wrong_type", detail, len(wrong)))
-            arr = np.array([x if type(x) in _NUMERIC else None for x in col], dtype=np.float64)
-        ok = ~np.isnan(arr)
-        if not all_known:
-            n_unknown_sensor += int((ok & ~known).sum())
-            ok &= known
-        if not (math.isinf(lo) and math.isinf(hi)):
-            outside = ok & ((arr < lo) | (arr > hi))
-            n_out = int(outside.sum())
-            if n_out:
-                first = int(np.flatnonzero(outside)[0])
-                detail = f"{n_out} {name} values outside [{lo}, {hi}], e.g. {sensors[first]}={arr[first]}"
+            rows.append([x if type(x) in _NUMERIC else None for x in col])
+        arr = np.array(rows, dtype=np.float64)
+    ok = ~np.isnan(arr)  # [k, n]
+    n_unknown_sensor = 0
+    if not all_known:
+        n_unknown_sensor = int((ok & ~known).sum())
+        ok &= known
+    lo = np.array([sp[1] for sp in specs])
+    hi = np.array([sp[2] for sp in specs])
+    if np.isfinite(lo).any() or np.isfinite(hi).any():
+        outside = ok & ((arr < lo[:, None]) | (arr > hi[:, None]))  # [k, n]
+        if outside.any():
+            for j in np.flatnonzero(outside.any(axis=1)).tolist():
+                n_out = int(outside[j].sum())
+                first = int(np.flatnonzero(outside[j])[0])
+                detail = (
+                    f"{n_out} {names[j]} values outside [{specs[j][1]}, {specs[j][2]}], "
+                    f"e.g. {sensors[first]}={arr[j, first]}"
+                )
                 problems.append(("out_of_range", detail, n_out))
-                ok &= ~outside
-        if ok.all():
-            out_s.append(sidx)
-            out_v.append(arr)
-        else:
-            out_s.append(sidx[ok])
-            out_v.append(arr[ok])
-        out_f.append(np.full(len(out_v[-1]), fi, dtype=np.int16))
+            ok &= ~outside
+    fidx = np.array([sp[0] for sp in specs], dtype=np.int16)  # [k]
     if n_unknown_sensor:
         first = sensors[int(np.flatnonzero(~known)[0])]
         detail = (
             f"{n_unknown_sensor} readings name sensors not in network {network_name!r}, e.g. {first!r:.40}"
         )
         problems.append(("unknown_sensor", detail, n_unknown_sensor))
-    if not out_v:
-        return None, problems
-    value = out_v[0] if len(out_v) == 1 else np.concatenate(out_v)
-    sensor = out_s[0] if len(out_s) == 1 else np.concatenate(out_s)
-    feature = out_f[0] if len(out_f) == 1 else np.concatenate(out_f)
+    if ok.all():  # feature-major: every sensor of the first feature, then the next
+        value = arr.reshape(-1)
+        sensor = np.concatenate([sidx] * len(specs)) if len(specs) > 1 else sidx
+        feature = np.repeat(fidx, n)
+    else:
+        r, c = np.nonzero(ok)
+        if not len(r):
+            return None, problems
+        value, sensor, feature = arr[r, c], sidx[c], fidx[r]
     return (np.full(len(value), ts, dtype=np.int64), sensor, feature, value), problems

@@ -33,19 +33,32 @@ from stream.step import AGGS, LateReading, SealedStep, aggregate
 
 __all__ = ["AGGS", "LateReading", "SealedStep", "Windower"]
 
+_NO_OFFSETS = _NO_TS = _NO_CELLS = np.empty(0, dtype=np.int64)
+_NO_VALUES = np.empty(0, dtype=np.float64)
+
 
 class _OpenStep:
-    """Readings of one unsealed step keyed by `cell * step_ms + (ts - step_ts)`, cell = sensor * F + feature.
+    """Readings of one unsealed step, in two stores that never hold the same key.
 
-    The key is unique per (sensor, feature, ts), so the dict both drops duplicates and, sorted at seal
-    time, gives a canonical order: the aggregate does not depend on arrival order, to the last bit.
+    * `grid`: float64 `[N * F]` by cell (`sensor * F + feature`), the readings stamped exactly at the
+      step's start (the usual case for sensors on a schedule), NaN where none arrived yet; created on
+      first use. Validated readings are finite, so NaN means "empty" and a slot is written once.
+    * `readings`: the others, keyed by `cell * step_ms + (ts - step_ts)`, `ts - step_ts > 0`.
+
+    A key is unique per (sensor, feature, ts), so the stores both drop duplicates and, merged and sorted
+    at seal time, give a canonical order: the aggregate does not depend on arrival order, to the last bit.
     """
 
-    __slots__ = ("first_offset", "readings")
+    __slots__ = ("first_offset", "grid", "n_grid", "readings")
 
     def __init__(self) -> None:
+        self.grid: np.ndarray | None = None
+        self.n_grid = 0
         self.readings: dict[int, float] = {}
         self.first_offset: dict[int, int] = {}  # partition -> smallest offset holding a reading here
+
+    def __len__(self) -> int:
+        return self.n_grid + len(self.readings)
 
     def hold(self, partition: int, offset: int) -> None:
         first = self.first_offset.get(partition)
@@ -123,182 +136,170 @@ class Windower:
         """
         if decoded.rows is not None:
             return self.add_rows(partition, offset, decoded.rows)
-        late = self.add_rows(partition, offset, [])  # registers the partition and the offset
-        return self._add_columns(self._parts[partition], partition, offset, decoded) if decoded.n else late
+        if not decoded.n:
+            return self.add_columns(partition, _NO_OFFSETS, _NO_TS, _NO_CELLS, _NO_VALUES, last_offset=offset)
+        ts, sensor, feature, value = decoded.columns()
+        cells = sensor.astype(np.int64) * self._n_features + feature
+        return self.add_columns(partition, np.full(len(ts), offset, dtype=np.int64), ts, cells, value)
 
     def add_rows(
         self, partition: int, offset: int, rows: list[tuple[int, int, int, float]]
     ) -> list[LateReading]:
         """`add()` for readings as `(ts, sensor, feature, value)` rows (`Decoder.decode_rows`)."""
-        p = self._parts.get(partition)
-        if p is None:
-            p = self._parts[partition] = _Partition(self.ledger.partition(partition))
-        if offset > p.last_offset:
-            p.last_offset = offset
-        if not rows:
-            return []
-        step_ms = self._step_ms
-        n_feat = self._n_features
-        sealed = self._sealed
-        open_steps = self._open
-        late: list[LateReading] = []
-        windowed = 0
-        for ts, s, f, v in rows:
-            if ts > p.watermark:
-                p.watermark = ts
-            step = ts - ts % step_ms
-            if step <= sealed:
-                if step <= self._replay_through:
-                    p.counts.replayed += 1
-                else:
-                    late.append(LateReading(s, f, ts, v, step, partition, offset))
-                continue
-            st = open_steps.get(step)
-            if st is None:
-                st = open_steps[step] = _OpenStep()
-            key = (s * n_feat + f) * step_ms + (ts - step)
-            readings = st.readings
-            if key in readings:
-                p.counts.duplicates += 1
-                continue
-            readings[key] = v
-            held = st.first_offset.get(partition)
-            if held is None or offset < held:
-                st.first_offset[partition] = offset
-            windowed += 1
-        p.touched = True
-        c = p.counts
-        c.received += len(rows)
-        c.windowed += windowed
-        if late:
-            c.late += len(late)
-        return late
+        return self.add_many(partition, [(offset, rows)])
 
     def add_many(
         self, partition: int, messages: list[tuple[int, list[tuple[int, int, int, float]]]]
     ) -> list[LateReading]:
         """`add_rows()` for several messages of one partition at once, as `(offset, rows)` pairs in arrival
-        order: the same steps, counts and late readings as one `add_rows()` call per message.
+        order: the same steps, counts and late readings as one `add_rows()` call per message."""
+        flat = [(o, *r) for o, rows in messages for r in rows]
+        last = max((o for o, _ in messages), default=-1)
+        if not flat:
+            return self.add_columns(partition, _NO_OFFSETS, _NO_TS, _NO_CELLS, _NO_VALUES, last_offset=last)
+        offsets, ts, sensor, feature = np.array([r[:4] for r in flat], dtype=np.int64).T
+        value = np.array([r[4] for r in flat], dtype=np.float64)
+        return self.add_columns(
+            partition, offsets, ts, sensor * self._n_features + feature, value, last_offset=last
+        )
 
-        The per-call work (partition lookup, counters) is done once, and the open step of the previous
-        reading is reused, since consecutive readings of a partition usually fall into the same step.
+    def add_columns(
+        self,
+        partition: int,
+        offsets: np.ndarray,
+        ts: np.ndarray,
+        cells: np.ndarray,
+        value: np.ndarray,
+        *,
+        last_offset: int | None = None,
+    ) -> list[LateReading]:
+        """The windowing core: readings of one partition as columns in arrival order — `offsets`, `ts`
+        (int64 epoch ms), `cells` (int64 `sensor * F + feature`), `value` (float64, finite), each `[n]`.
+
+        `last_offset` (default: the largest of `offsets`) is the last message these readings came from,
+        counting messages that brought none. The same steps, counts and late readings as adding the
+        readings one by one in this order: the first copy of a duplicate wins.
         """
         p = self._parts.get(partition)
         if p is None:
             p = self._parts[partition] = _Partition(self.ledger.partition(partition))
+        n = len(ts)
+        if last_offset is None:
+            last_offset = int(offsets.max()) if n else -1
+        if last_offset > p.last_offset:
+            p.last_offset = last_offset
+        if not n:
+            return []
         step_ms = self._step_ms
-        n_feat = self._n_features
-        sealed = self._sealed
-        open_steps = self._open
-        late: list[LateReading] = []
-        received = windowed = duplicates = replayed = 0
-        watermark = p.watermark
-        last_offset = p.last_offset
-        cur_step = -1  # the step of the last on-time reading, with its readings and this partition's hold
-        readings: dict[int, float] = {}
-        first: dict[int, int] = {}
-        held: int | None = None
-        for offset, rows in messages:
-            if offset > last_offset:
-                last_offset = offset
-            received += len(rows)
-            for ts, s, f, v in rows:
-                if ts > watermark:
-                    watermark = ts
-                step = ts - ts % step_ms
-                if step != cur_step:
-                    if step <= sealed:
-                        if step <= self._replay_through:
-                            replayed += 1
-                        else:
-                            late.append(LateReading(s, f, ts, v, step, partition, offset))
-                        continue
-                    st = open_steps.get(step)
-                    if st is None:
-                        st = open_steps[step] = _OpenStep()
-                    cur_step, readings, first = step, st.readings, st.first_offset
-                    held = first.get(partition)
-                key = (s * n_feat + f) * step_ms + (ts - step)
-                if key in readings:
-                    duplicates += 1
-                    continue
-                readings[key] = v
-                if held is None or offset < held:
-                    first[partition] = held = offset
-                windowed += 1
-        p.last_offset = last_offset
-        if received:
-            p.watermark = watermark
-            p.touched = True
-            c = p.counts
-            c.received += received
-            c.windowed += windowed
-            c.duplicates += duplicates
-            c.replayed += replayed
-            c.late += len(late)
-        return late
-
-    def _add_columns(self, p: _Partition, partition: int, offset: int, decoded: Decoded) -> list[LateReading]:
-        ts, sensor, feature, value = decoded.columns()
-        step_ms = self._step_ms
-        steps = ts - ts % step_ms  # [n]
-        keys = (sensor.astype(np.int64) * self._n_features + feature) * step_ms + (ts - steps)  # [n]
+        dt = ts % step_ms
+        steps = ts - dt
         late: list[LateReading] = []
         lo, hi = int(steps.min()), int(steps.max())
-        if lo == hi:  # the usual batch: one ts
-            self._add_group(p, partition, offset, lo, keys, value, late)
-        else:
-            for step in np.unique(steps).tolist():
-                sel = steps == step
-                self._add_group(p, partition, offset, step, keys[sel], value[sel], late)
+        if lo == hi:  # the usual run: one step
+            self._add_step(p, partition, lo, offsets, dt, cells, value, late)
+        else:  # group by step, arrival order kept within each (a stable sort)
+            order = np.argsort(steps, kind="stable")
+            steps, offsets, dt, cells, value = (
+                steps[order],
+                offsets[order],
+                dt[order],
+                cells[order],
+                value[order],
+            )
+            bounds = np.flatnonzero(steps[1:] != steps[:-1]) + 1
+            for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), n], strict=True):
+                self._add_step(
+                    p, partition, int(steps[a]), offsets[a:b], dt[a:b], cells[a:b], value[a:b], late
+                )
         high = int(ts.max())
         if high > p.watermark:
             p.watermark = high
         p.touched = True
-        p.counts.received += len(ts)
+        p.counts.received += n
         p.counts.late += len(late)
         return late
 
-    def _add_group(
+    def _add_step(
         self,
         p: _Partition,
         partition: int,
-        offset: int,
         step: int,
-        keys: np.ndarray,
+        offsets: np.ndarray,
+        dt: np.ndarray,
+        cells: np.ndarray,
         value: np.ndarray,
         late: list[LateReading],
     ) -> None:
-        """Readings of one step (keys as in `_OpenStep`); late ones are appended to `late`."""
+        """Readings of one step (columns as in `add_columns`, `dt = ts - step`); late ones go to `late`."""
         if step <= self._sealed:
             if step <= self._replay_through:
-                p.counts.replayed += len(keys)
+                p.counts.replayed += len(cells)
                 return
-            step_ms, n_feat = self._step_ms, self._n_features
-            for key, v in zip(keys.tolist(), value.tolist(), strict=True):
-                cell, dt = divmod(key, step_ms)
-                late.append(LateReading(cell // n_feat, cell % n_feat, step + dt, v, step, partition, offset))
+            n_feat = self._n_features
+            for o, d, c, v in zip(offsets.tolist(), dt.tolist(), cells.tolist(), value.tolist(), strict=True):
+                late.append(LateReading(c // n_feat, c % n_feat, step + d, v, step, partition, o))
             return
         st = self._open.get(step)
         if st is None:
             st = self._open[step] = _OpenStep()
+        on_grid = dt == 0
+        if on_grid.all():
+            windowed, held = self._add_grid(st, offsets, cells, value)
+            duplicates = len(cells) - windowed
+        else:
+            off = ~on_grid
+            windowed, held = self._add_grid(st, offsets[on_grid], cells[on_grid], value[on_grid])
+            w, h = self._add_keyed(st, offsets[off], cells[off] * self._step_ms + dt[off], value[off])
+            duplicates = len(cells) - windowed - w
+            windowed += w
+            held = h if held is None or (h is not None and h < held) else held
+        p.counts.duplicates += duplicates
+        if windowed:
+            assert held is not None
+            st.hold(partition, held)
+            p.counts.windowed += windowed
+
+    def _add_grid(
+        self, st: _OpenStep, offsets: np.ndarray, cells: np.ndarray, value: np.ndarray
+    ) -> tuple[int, int | None]:
+        """Readings at the step's start into the dense store; returns (windowed, smallest offset kept)."""
+        if not len(cells):
+            return 0, None
+        if st.grid is None:
+            st.grid = np.full(self._shape[0] * self._shape[1], np.nan)
+        grid = st.grid
+        if len(cells) > 1:
+            cells, first = np.unique(cells, return_index=True)  # the first copy of each cell
+            offsets, value = offsets[first], value[first]
+        free = np.isnan(grid[cells])
+        if not free.all():
+            cells, offsets, value = cells[free], offsets[free], value[free]
+        if not len(cells):
+            return 0, None
+        grid[cells] = value
+        st.n_grid += len(cells)
+        return len(cells), int(offsets.min())
+
+    def _add_keyed(
+        self, st: _OpenStep, offsets: np.ndarray, keys: np.ndarray, value: np.ndarray
+    ) -> tuple[int, int | None]:
+        """Readings off the step's start into the keyed store; returns (windowed, smallest offset kept)."""
+        if not len(keys):
+            return 0, None
         k = keys.tolist()
-        fresh = dict(zip(reversed(k), reversed(value.tolist()), strict=True))  # reversed: first copy wins
+        v = value.tolist()
         readings = st.readings
+        fresh = dict(zip(reversed(k), reversed(v), strict=True))  # reversed: the first copy wins
         if len(fresh) == len(k) and readings.keys().isdisjoint(fresh):
             readings.update(fresh)
-            windowed = len(k)
-        else:
-            windowed = 0
-            for key in k:
-                if key in readings:
-                    p.counts.duplicates += 1
-                else:
-                    readings[key] = fresh[key]
-                    windowed += 1
-        if windowed:
-            st.hold(partition, offset)
-            p.counts.windowed += windowed
+            return len(k), int(offsets.min())
+        windowed, held = 0, None
+        for key, x, o in zip(k, v, offsets.tolist(), strict=True):
+            if key not in readings:
+                readings[key] = x
+                windowed += 1
+                held = o if held is None or o < held else held
+        return windowed, held
 
     # -- watermark and sealing -------------------------------------------------------------------------
 
@@ -379,19 +380,31 @@ class Windower:
     def _seal_one(self, step: int) -> SealedStep:
         st = self._open.pop(step, None)
         mask = np.zeros(self._shape, dtype=np.uint8)  # [N, F]
-        if st is None or not st.readings:
+        if st is None or not len(st):
             return SealedStep(step, self._last.copy(), mask, 0)
-        n = len(st.readings)
-        keys = np.fromiter(st.readings.keys(), dtype=np.int64, count=n)
-        vals = np.fromiter(st.readings.values(), dtype=np.float64, count=n)
+        n = len(st)
+        flat_last = self._last.reshape(-1)  # [N * F] view
+        flat_mask = mask.reshape(-1)
+        grid_cells = np.flatnonzero(~np.isnan(st.grid)) if st.grid is not None else _NO_CELLS  # sorted
+        if not st.readings:  # only on-grid readings: one per cell, already in cell order
+            assert st.grid is not None
+            flat_last[grid_cells] = st.grid[grid_cells]
+            flat_mask[grid_cells] = 1
+            return SealedStep(step, self._last.copy(), mask, n)
+        m = len(st.readings)
+        keys = np.fromiter(st.readings.keys(), dtype=np.int64, count=m)
+        vals = np.fromiter(st.readings.values(), dtype=np.float64, count=m)
+        if len(grid_cells):
+            assert st.grid is not None
+            keys = np.concatenate([grid_cells * self._step_ms, keys])
+            vals = np.concatenate([st.grid[grid_cells], vals])
         order = np.argsort(keys, kind="stable")  # by cell, then by ts
         keys, vals = keys[order], vals[order]
         cells = keys // self._step_ms
         starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
         agg = aggregate(self.agg, cells, vals, starts)
-        flat_last = self._last.reshape(-1)  # [N * F] view
         flat_last[cells[starts]] = agg
-        mask.reshape(-1)[cells[starts]] = 1
+        flat_mask[cells[starts]] = 1
         return SealedStep(step, self._last.copy(), mask, n)
 
     # -- offsets -----------------------------------------------------------------------------------------
