@@ -39,7 +39,7 @@ T0 = 1_767_225_600_000
 RESULTS = Path(__file__).parent / "results"
 
 
-def _settings(rt: EmbeddedRuntime, root: Path) -> Settings:
+def _settings(rt: EmbeddedRuntime, root: Path, *, replicas: int = 1, threads: int = 1) -> Settings:
     tag = uuid.uuid4().hex[:8]
     return Settings.model_validate(
         {
@@ -48,7 +48,7 @@ def _settings(rt: EmbeddedRuntime, root: Path) -> Settings:
             "redis": {"url": rt.redis_url, "key_prefix": f"b{tag}"},
             "archive": {"root": str(root / tag)},
             "window": {"allowed_lateness_ms": 0, "idle_timeout_ms": 600_000},
-            "ray": {"actor_num_cpus": 0.5},
+            "ray": {"actor_num_cpus": 0.5, "replicas": replicas, "actor_torch_threads": threads},
         }
     )  # fmt: skip
 
@@ -98,14 +98,14 @@ def live(pipe: ServePipeline, producer: ReadingProducer, frames: list[Any], firs
 
 
 def run_case(rt: EmbeddedRuntime, root: Path, n: int, model: str, *, replay_steps: int, live_steps: int,
-             rate: float) -> dict[str, Any]:  # fmt: skip
+             rate: float, replicas: int = 1, threads: int = 1) -> dict[str, Any]:  # fmt: skip
     network = simulated_network(n, step_ms=300_000)
     spec = "baseline:persistence" if model == "persistence" else _stformer_checkpoint(network, root)
-    s = _settings(rt, root)
+    s = _settings(rt, root, replicas=replicas, threads=threads)
     ensure_topics(s.kafka, {s.kafka.readings_topic: 2, s.kafka.dead_letter_topic: 1})
     frames = _frames(network, replay_steps + live_steps + 1)
     pipe = ServePipeline(s, network, ModelSpec(spec), client_id="bench").start()
-    out: dict[str, Any] = {"sensors": n, "model": model}
+    out: dict[str, Any] = {"sensors": n, "model": model, "replicas": replicas, "torch_threads": threads}
     try:
         with ReadingProducer(s.kafka, network) as producer:
             for t in range(replay_steps):  # the backlog
@@ -140,6 +140,10 @@ def run_case(rt: EmbeddedRuntime, root: Path, n: int, model: str, *, replay_step
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    ap.add_argument("--sensors", type=int, nargs="*", help="only these network sizes")
+    ap.add_argument("--replicas", type=int, default=1, help="forecaster actors sharing the steps")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per actor")
+    ap.add_argument("--out", type=Path, default=RESULTS / "serve.json", help="where the JSON goes")
     args = ap.parse_args()
     import ray
 
@@ -157,12 +161,15 @@ def main() -> None:
         cases.append((8600, "stformer", 30, 10, 0.5))
     if args.quick:
         cases = [(n, m, max(30, r // 5), max(10, live // 5), rate) for n, m, r, live, rate in cases[:4]]
+    if args.sensors:
+        cases = [c for c in cases if c[0] in args.sensors]
     rows = []
     with EmbeddedRuntime() as rt, tempfile.TemporaryDirectory() as tmp:
         for n, model, replay_steps, live_steps, rate in cases:
             row = run_case(
-                rt, Path(tmp), n, model, replay_steps=replay_steps, live_steps=live_steps, rate=rate
-            )
+                rt, Path(tmp), n, model, replay_steps=replay_steps, live_steps=live_steps, rate=rate,
+                replicas=args.replicas, threads=args.threads,
+            )  # fmt: skip
             rows.append(row)
             print(
                 f"{n:5d} sensors {model:12s} replay {row['replay_steps_per_s']:8.1f} steps/s   "
@@ -183,8 +190,8 @@ def main() -> None:
         ],
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve.json").write_text(json.dumps(result, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

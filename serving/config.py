@@ -56,6 +56,9 @@ class RaySettings(BaseModel):
     )
     actor_num_cpus: float = Field(default=0.25, gt=0)
     actor_num_gpus: float = Field(default=0.0, ge=0, description="fraction of a GPU per forecaster actor")
+    actor_torch_threads: int = Field(
+        default=1, ge=1, description="torch CPU threads per forecaster actor (intra-op parallelism)"
+    )
     actor_max_restarts: int = Field(default=5, ge=-1)
     actor_max_task_retries: int = Field(default=3, ge=-1)
     replicas: int = Field(default=1, ge=1, description="forecaster actors sharing the steps")
@@ -80,6 +83,12 @@ class RetrainSettings(BaseModel):
     drift_patience: int = Field(default=3, ge=1, description="consecutive drifting steps before a trigger")
     min_steps: int = Field(default=200, ge=1, description="archived steps needed before a first job")
     history_steps: int = Field(default=2016, ge=1, description="sliding range of recent steps trained on")
+    drift_history_steps: int = Field(
+        default=0,
+        ge=0,
+        description="on a drift trigger, train on only this many recent steps so the new regime weighs "
+        "more (0 = history_steps)",
+    )
     holdout_steps: int = Field(
         default=48, ge=2, description="newest steps kept for the gate, never trained on"
     )

@@ -47,10 +47,12 @@ def build_predictor(spec: ModelSpec, network: Network, window: int, horizon: int
 class Forecaster:
     """The actor body (plain class, so it is testable without Ray); `ForecasterActor` is its Ray form."""
 
-    def __init__(self, spec: str, network: dict[str, Any], window: int, horizon: int) -> None:
+    def __init__(
+        self, spec: str, network: dict[str, Any], window: int, horizon: int, torch_threads: int = 1
+    ) -> None:
         import torch
 
-        torch.set_num_threads(max(1, int(os.environ.get("SENSORCAST_TORCH_THREADS", "1"))))
+        torch.set_num_threads(max(1, torch_threads))
         self.network = Network.from_dict(network)
         self.window = window
         self.horizon = horizon
@@ -93,4 +95,4 @@ def make_actor(settings: RaySettings, spec: ModelSpec, network: Network, window:
         max_restarts=settings.actor_max_restarts,
         max_task_retries=settings.actor_max_task_retries,
     )
-    return actor_cls.remote(spec.ref, network.to_dict(), window, horizon)
+    return actor_cls.remote(spec.ref, network.to_dict(), window, horizon, settings.actor_torch_threads)

@@ -9,8 +9,10 @@ champion untouched, is reported as an event, and the next trigger waits an expon
 
 The job trains on a sliding range of recent archived steps, excluding the newest `holdout_steps`; the
 gate scores challenger, champion and persistence on those held-out steps (never trained on) with the
-evaluation protocol's masked metrics and promotes the challenger only if it beats both by
-`promote_margin`. Every decision, with its figures, goes to the registry and the events stream.
+evaluation protocol's masked metrics and promotes the challenger only if it beats the champion by
+`promote_margin` (the seed champion is persistence itself, so the first model must beat persistence;
+after a regime change a challenger that beats the champion but not persistence on the holdout is still
+promoted — it is the better of the models that can serve — and its reason says so). Every decision, with its figures, goes to the registry and the events stream.
 """
 
 from __future__ import annotations
@@ -80,13 +82,16 @@ def gate(challenger: Any, champion: Any, persistence: Any, holdout: SensorDatase
     }
     if not math.isfinite(mae["challenger"]):
         return Decision(False, challenger.version, "challenger forecasts are not finite", figures)
-    bar = min(mae["champion"], mae["persistence"]) * (1 - margin)
+    bar = mae["champion"] * (1 - margin)
+    figures_text = (f"champion {mae['champion']:.4f}, persistence {mae['persistence']:.4f}, "
+                    f"margin {margin:.0%}")  # fmt: skip
     if mae["challenger"] < bar:
-        reason = (f"challenger MAE {mae['challenger']:.4f} < {bar:.4f} (champion {mae['champion']:.4f}, "
-                  f"persistence {mae['persistence']:.4f}, margin {margin:.0%})")  # fmt: skip
+        reason = f"challenger MAE {mae['challenger']:.4f} < {bar:.4f} ({figures_text})"
+        if mae["challenger"] >= mae["persistence"]:
+            # Still the better of the two models that can serve: keeping the champion would be worse.
+            reason += "; persistence is better still on this holdout"
         return Decision(True, challenger.version, reason, figures)
-    reason = (f"challenger MAE {mae['challenger']:.4f} not below {bar:.4f} (champion {mae['champion']:.4f}, "
-              f"persistence {mae['persistence']:.4f}, margin {margin:.0%})")  # fmt: skip
+    reason = f"challenger MAE {mae['challenger']:.4f} not below {bar:.4f} ({figures_text})"
     return Decision(False, challenger.version, reason, figures)
 
 
@@ -157,7 +162,8 @@ class Retrainer:
         assert last is not None
         step = self.network.step_ms
         holdout_start = last - (s.holdout_steps - 1) * step
-        train_start = holdout_start - s.history_steps * step
+        history = s.drift_history_steps if reason == "drift" and s.drift_history_steps else s.history_steps
+        train_start = holdout_start - history * step
         workdir = Path(tempfile.mkdtemp(prefix="sensorcast-retrain-"))
         meta = {"reason": reason, "train_range": [train_start, holdout_start], "holdout": [holdout_start, last + step],
                 "workdir": str(workdir), "parent": champion_path}  # fmt: skip

@@ -50,6 +50,8 @@ class SimulatorConfig:
     incident_rate: float = 0.002  # per sensor and step
     incident_steps: int = 6
     regime_sector: float = 0.3  # share of sensors affected by the regime change
+    regime_slowdown: float = 0.35  # the sector's speeds drop by this share in regime 1
+    regime_rush_shift_h: float = 1.0  # the evening rush comes this many hours earlier in regime 1
 
 
 class Simulator:
@@ -85,13 +87,13 @@ class Simulator:
         hour = (step_ts % DAY_MS) / 3_600_000
         weekday = int(((step_ts // DAY_MS) + 3) % 7)  # 1970-01-01 was a Thursday -> Monday = 0
         weekend = weekday >= 5
-        evening = 17.5 - (1.0 if self.regime == 1 else 0.0)
+        evening = 17.5 - (self.config.regime_rush_shift_h if self.regime == 1 else 0.0)
         rush = math.exp(-((hour - 8.0) ** 2) / 1.5) + math.exp(-((hour - evening) ** 2) / 2.0)
         if weekend:
             rush *= 0.3
         speed = self.free_flow * (1.0 - self.rush_depth * rush)  # [N]
         if self.regime == 1:
-            speed = np.where(self._sector, speed * 0.65, speed)
+            speed = np.where(self._sector, speed * (1.0 - self.config.regime_slowdown), speed)
         return speed
 
     def step(self, step_ts: int) -> tuple[np.ndarray, np.ndarray]:

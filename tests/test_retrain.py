@@ -31,11 +31,10 @@ T0 = 1_767_225_600_000
 class Feed:
     """Publishes the simulator at `rate` steps/s until stopped; `regime` switches the data's regime."""
 
-    def __init__(self, s: Settings, network: Any, rate: float) -> None:
+    def __init__(self, s: Settings, network: Any, rate: float, regime_sector: float = 0.3) -> None:
         self.s, self.network, self.rate = s, network, rate
-        self.sim = Simulator(
-            network, seed=5, config=SimulatorConfig(noise=1.0, dropout=0.01, incident_rate=0.0)
-        )
+        cfg = SimulatorConfig(noise=1.0, dropout=0.01, incident_rate=0.0, regime_sector=regime_sector)
+        self.sim = Simulator(network, seed=5, config=cfg)
         self.stop = threading.Event()
         self.sent = 0
         self.error: BaseException | None = None
@@ -56,7 +55,7 @@ class Feed:
 def _settings(base: Settings, tmp_path: Path, **retrain: Any) -> Settings:
     s = base.model_copy(deep=True)
     s.window.window, s.window.horizon = 12, 6
-    s.online.rolling_steps = 24
+    s.online.rolling_steps = 48  # a whole day: rolling MAEs compared across times of day stay comparable
     s.online.health_interval_s = 0.5
     s.retrain = s.retrain.model_copy(update={
         "enabled": True, "registry": tmp_path / "registry", "min_steps": 120, "holdout_steps": 30,
@@ -87,11 +86,15 @@ def _run_until(pipe: ServePipeline, feed: Feed, cond: Any, timeout_s: float, wha
 
 @pytest.mark.slow
 def test_drift_triggers_retraining_and_promotion(fresh_settings: Settings, tmp_path: Path) -> None:
-    s = _settings(fresh_settings, tmp_path, every_steps=150, workers=2)
+    # A model learns this network's daily cycle from ~10 days of steps; after the switch it needs about as
+    # much of the new regime to come back to its old error. So drift must persist for 10 days (480 steps)
+    # before it triggers, and the drift job trains on the newest 10 days only; the gate's holdout is a day.
+    s = _settings(fresh_settings, tmp_path, every_steps=528, workers=2, min_steps=480, history_steps=480,
+                  holdout_steps=48, drift_patience=480, drift_history_steps=480, time_budget_s=90)  # fmt: skip
     network = simulated_network(8, name="drift", step_ms=STEP)
     ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
     pipe = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id="drift").start()
-    feed = Feed(s, network, rate=6.0)
+    feed = Feed(s, network, rate=20.0)
     feed.thread.start()
     reg = Registry(s.retrain.registry)
     try:
@@ -99,17 +102,19 @@ def test_drift_triggers_retraining_and_promotion(fresh_settings: Settings, tmp_p
         _run_until(
             pipe, feed, lambda: reg.champion().version != seed, 300, "the first promotion over the seed"
         )
+        pipe.retrainer.settings.every_steps = 0  # from here on only drift may trigger
+        # a scheduled job already in flight may still promote: the regime switches under its result
+        _run_until(pipe, feed, lambda: not pipe.retrainer.busy, 300, "the scheduled job in flight")
         learned = reg.champion().version
         _run_until(pipe, feed, lambda: pipe.retrainer.reference(learned) is not None, 120, "a reference MAE")
         ref = pipe.retrainer.reference(learned)
-        pipe.retrainer.settings.every_steps = 0  # from here on only drift may trigger
         feed.sim.set_regime(1)
         switch_step = feed.sent
         _run_until(pipe, feed, lambda: any(e["type"] == "drift" for e in _events(s, "drift")), 200, "drift")
         _run_until(pipe, feed, lambda: reg.champion().version != learned, 300, "promotion after drift")
         adapted = reg.champion().version
         swap_step = feed.sent
-        _run_until(pipe, feed, lambda: feed.sent >= swap_step + 40, 60, "40 steps served by the new model")
+        _run_until(pipe, feed, lambda: feed.sent >= swap_step + 96, 60, "96 steps served by the new model")
         mae_after = pipe.online.mean_rolling_mae(adapted)
     finally:
         feed.stop.set()
