@@ -3,7 +3,8 @@ through the real embedded Kafka broker, real Redis and a local Ray forecaster ac
 the actor sees one).
 
 Networks: 207 sensors (Los-loop's size), 1,000 and 8,600 (simulated). Models: the persistence baseline
-and an untrained STFormer "small" (the attention model's real compute; weights do not change timing).
+and an untrained STFormer "small" with the committed Los-loop checkpoint's architecture (residual,
+road-graph attention bias): the attention model's real compute; weights do not change timing.
 Live mode publishes one step every `1/rate` s and measures each step from its sealing to its forecast in
 Redis; replay mode publishes a backlog and measures forecast steps per second once the first lands.
 
@@ -61,9 +62,12 @@ def _stformer_checkpoint(network: Network, root: Path) -> str:
     from training.scaler import StandardScaler
 
     torch.manual_seed(0)
-    cfg = STFormerConfig(n_nodes=network.n_sensors, in_features=1, targets=(0,), **PRESETS["small"])  # type: ignore[arg-type]
+    # The architecture of the committed Los-loop checkpoint: small preset, residual, road-graph bias.
+    cfg = STFormerConfig(n_nodes=network.n_sensors, in_features=1, targets=(0,), residual=True, graph_bias=True,
+                         **PRESETS["small"])  # type: ignore[arg-type]  # fmt: skip
+    model = STFormer(cfg).set_graph(network.edges)
     ckpt = Checkpoint.from_model(
-        "stformer", STFormer(cfg), scaler=StandardScaler.identity(1), network=network, targets=("speed",),
+        "stformer", model, scaler=StandardScaler.identity(1), network=network, targets=("speed",),
         window=12, horizon=12, version=f"bench-stformer-{network.n_sensors}",
     )  # fmt: skip
     return str(save_checkpoint(ckpt, root / f"stformer-{network.n_sensors}.pt"))

@@ -208,6 +208,40 @@ PRESETS: dict[str, dict[str, int | float]] = {
 }
 
 
+CPU_SCORES_CHUNK = 1 << 18  # attention scores per chunk on a CPU (1 MiB of float32: stays in cache)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    dropout_p: float,
+    training: bool,
+) -> torch.Tensor:
+    """Scaled dot-product attention over q, k, v [M, heads, L, d], `bias` [heads, L, L] added to the logits.
+
+    On a GPU, and on a CPU for long sequences without a bias, this is `F.scaled_dot_product_attention`.
+    On a CPU two cases are much faster written out (measured at 207 sensors, window 12, one thread):
+    short sequences (the temporal layers, L = 12: 2.4x; the fused kernel's per-sequence overhead
+    dominates) and any bias (the spatial layers' graph bias: 3.3x; the fused kernel expands the bias
+    for every sequence) — there the scores are computed a few sequences at a time, so they stay in cache.
+    """
+    m, heads, length, d = q.shape
+    if q.device.type != "cpu" or (bias is None and length > 32):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    scale = 1.0 / math.sqrt(d)
+    chunk = max(1, CPU_SCORES_CHUNK // (heads * length * length))
+    out = []
+    for i in range(0, m, chunk):
+        scores = (q[i : i + chunk] @ k[i : i + chunk].transpose(-1, -2)) * scale  # [c, heads, L, L]
+        if bias is not None:
+            scores = scores + bias
+        weights = F.dropout(scores.softmax(-1), dropout_p, training)
+        out.append(weights @ v[i : i + chunk])
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
 class SelfAttentionLayer(nn.Module):
     """Pre-norm multi-head self-attention + feed-forward over the second-to-last axis of [M, L, D]."""
 
@@ -236,7 +270,7 @@ class SelfAttentionLayer(nn.Module):
             att = weights @ v
         else:
             p = self.dropout.p if self.training else 0.0
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # [M, heads, L, d/h]
+            att = attend(q, k, v, bias, p, self.training)  # [M, heads, L, d/h]
         h = h + self.dropout(self.out(att.transpose(1, 2).reshape(m, length, d)))
         return h + self.dropout(self.ffn(self.norm2(h)))
 
