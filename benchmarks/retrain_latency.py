@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 from serve import T0, _frames, _settings, _stformer_checkpoint, live  # benchmarks/serve.py, beside this file
 
+from serving.config import RetrainSettings
 from serving.embedded import EmbeddedRuntime
 from serving.forecaster import ModelSpec
 from serving.pipeline import ServePipeline
@@ -31,6 +32,7 @@ from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.simulate import simulated_network
 
 RESULTS = Path(__file__).parent / "results"
+WARM = 13  # steps published before measuring: a window of 12, plus the step that seals its last
 WARMUP_S = 25.0  # from starting the job to measuring: Ray Train workers start, load data, compile nothing
 
 
@@ -38,6 +40,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--rate", type=float, default=5.0)
+    ap.add_argument(
+        "--nice", type=int, default=None, help="training workers' niceness (default: the setting's)"
+    )
+    ap.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: the setting's)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the forecaster actor")
     args = ap.parse_args()
     root_data = datasets_root()
     if root_data is None:
@@ -51,30 +58,39 @@ def main() -> None:
     network = simulated_network(207, step_ms=300_000)
     out: dict[str, Any] = {}
     with EmbeddedRuntime() as rt, tempfile.TemporaryDirectory() as tmp:
-        s = _settings(rt, Path(tmp))
+        s = _settings(rt, Path(tmp), threads=args.threads)
         ensure_topics(s.kafka, {s.kafka.readings_topic: 2, s.kafka.dead_letter_topic: 1})
-        frames = _frames(network, 12 + 2 * args.steps + 4)
+        frames = _frames(network, WARM + 2 * args.steps + 4)
         pipe = ServePipeline(
             s, network, ModelSpec(_stformer_checkpoint(network, Path(tmp))), client_id="rl"
         ).start()
         try:
             with ReadingProducer(s.kafka, network) as producer:
-                for t in range(12):
+                for t in range(WARM):  # a full window, and one more step so that its last step seals
                     producer.send_step(T0 + t * network.step_ms, *frames[t])
                 producer.flush()
+                deadline = time.monotonic() + 120
                 while pipe.steps_forecast == 0:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("no forecast within 120 s of publishing the first window")
                     pipe.poll_once(100)
                 psutil.cpu_percent(interval=None)
-                idle = live(pipe, producer, frames, 12, args.steps, args.rate, network.step_ms)
+                idle = live(pipe, producer, frames, WARM, args.steps, args.rate, network.step_ms)
                 cpu_idle = psutil.cpu_percent(interval=None)
                 busy_s = args.steps / args.rate
+                rs = RetrainSettings()  # a retraining job's defaults: threads, priority, workers
+                if args.workers is not None:
+                    rs.workers = args.workers
                 config = {"dataset": str(root_data / "los-loop"), "out": str(Path(tmp) / "job.pt"),
-                          "model": "stformer", "epochs": 100, "time_budget_s": WARMUP_S + busy_s + 30}  # fmt: skip
+                          "model": "stformer", "epochs": 100, "time_budget_s": WARMUP_S + busy_s + 30,
+                          "threads": 1, "nice": args.nice if args.nice is not None else rs.nice}  # fmt: skip
                 job_out: dict[str, Any] = {}
 
                 def train() -> None:
                     try:
-                        job_out["summary"] = train_with_ray(config, num_workers=2, cpus_per_worker=0.5)
+                        job_out["summary"] = train_with_ray(
+                            config, num_workers=rs.workers, cpus_per_worker=rs.cpus_per_worker
+                        )
                     except Exception as exc:  # reported, and the figures are marked as not measured
                         job_out["error"] = repr(exc)
 
@@ -88,7 +104,9 @@ def main() -> None:
                 while time.monotonic() < t_warm:
                     pipe.poll_once(100)
                 psutil.cpu_percent(interval=None)
-                busy = live(pipe, producer, frames, 13 + args.steps, args.steps, args.rate, network.step_ms)
+                busy = live(
+                    pipe, producer, frames, WARM + 1 + args.steps, args.steps, args.rate, network.step_ms
+                )
                 cpu_busy = psutil.cpu_percent(interval=None)
                 training_alive = job.is_alive()
                 print(f"training: {len(busy)} steps; waiting for the job to end", flush=True)
@@ -119,7 +137,10 @@ def main() -> None:
             "model": "stformer-small",
             "rate_steps_per_s": args.rate,
             "steps": args.steps,
-            "train": "Ray Train 2 workers x 0.5 CPU on los-loop",
+            "train": f"Ray Train {rs.workers} workers x {rs.cpus_per_worker} CPU, 1 torch thread each, on los-loop",
+            "train_nice": config["nice"],
+            "train_workers": rs.workers,
+            "actor_torch_threads": args.threads,
         },
         **out,
     }

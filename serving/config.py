@@ -101,6 +101,12 @@ class RetrainSettings(BaseModel):
     time_budget_s: float = Field(default=120.0, gt=0)
     workers: int = Field(default=2, ge=0, description="Ray Train workers (0 = train in-process)")
     cpus_per_worker: float = Field(default=0.5, gt=0)
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU priority drop of training workers, so serving keeps its latency",
+    )
     backoff_s: float = Field(default=30.0, ge=0, description="first wait after a failed job; doubles")
     warm_start: bool = True
     overrides: dict[str, Any] = Field(

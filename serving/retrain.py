@@ -171,7 +171,7 @@ class Retrainer:
         config: dict[str, Any] = {
             "dataset": str(data), "out": str(workdir / "challenger.pt"), "model": s.model, "preset": s.preset,
             "window": self.window, "horizon": self.horizon, "epochs": s.epochs, "time_budget_s": s.time_budget_s,
-            "patience": max(3, s.epochs // 4), "threads": 1, "overrides": dict(s.overrides),
+            "patience": max(3, s.epochs // 4), "threads": 1, "nice": s.nice, "overrides": dict(s.overrides),
         }  # fmt: skip
         if s.warm_start and champion_path:  # absolute: Ray Train workers run in their own folders
             config["init_checkpoint"] = str(Path(champion_path).resolve())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,9 @@ class TrainConfig:
     max_val_windows: int | None = None  # validate on the first windows only; for benchmarks
     seed: int = 0
     threads: int | None = None  # torch threads per worker
+    # > 0: lower this worker's CPU priority by so much (Linux: the calling thread and threads it starts),
+    # so that a background retraining job yields the cores to serving instead of starving it
+    nice: int = 0
     device: str | None = None  # plain runs only; Ray picks the worker's device
     init_checkpoint: str | None = None  # warm start: weights of a checkpoint of the same kind and shape
 
@@ -185,6 +189,8 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
     """Train one model per `TrainConfig` fields in `config`; returns a summary (rank 0 writes `out`)."""
     cfg = TrainConfig.from_dict(config)
     in_ray = bool(config.get("_ray"))
+    if cfg.nice > 0:
+        os.nice(cfg.nice)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
