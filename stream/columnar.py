@@ -69,8 +69,7 @@ class SinglesDecoder:
         )
         self._decode = msgspec.json.Decoder(single_type).decode
         self._placeholder = single_type(v=1, ts=0, sensor="", values=values_type())
-        getter = attrgetter(*(f"f{j}" for j in range(n_feat)))
-        self._row = getter if n_feat > 1 else (lambda v: (getter(v),))
+        self._getters = [attrgetter(f"f{j}") for j in range(n_feat)]
         self._n_features = n_feat
         self._sensor_index = network.sensor_index
         self._lo = np.array([f.min for f in network.features], dtype=np.float64)  # [F]
@@ -98,7 +97,8 @@ class SinglesDecoder:
         sensor = np.fromiter(
             map(self._sensor_index.get, [d.sensor for d in docs], [-1] * m), dtype=np.int64, count=m
         )
-        values = np.array(list(map(self._row, [d.values for d in docs])), dtype=np.float64).reshape(m, -1)
+        vs = [d.values for d in docs]
+        values = np.array([list(map(g, vs)) for g in self._getters], dtype=np.float64).T  # [m, F] view
         present = ~np.isnan(values)  # [m, F]
         # NaN compares False, so absent values pass; inf fails the finiteness test.
         bad_value = present & ~((values >= self._lo) & (values <= self._hi) & np.isfinite(values))

@@ -124,6 +124,7 @@ class Windower:
         self._watermark: int | None = None
         self.forced_seals = 0
         self._last = np.full(self._shape, np.nan, dtype=np.float32)  # [N, F] last observed aggregate
+        self._stamp = np.empty(network.n_sensors * network.n_features, dtype=np.int64)  # scratch, by cell
         if fill_values is not None:
             self._last[...] = fill_values
 
@@ -268,12 +269,16 @@ class Windower:
         if st.grid is None:
             st.grid = np.full(self._shape[0] * self._shape[1], np.nan)
         grid = st.grid
-        if len(cells) > 1:
-            cells, first = np.unique(cells, return_index=True)  # the first copy of each cell
-            offsets, value = offsets[first], value[first]
-        free = np.isnan(grid[cells])
-        if not free.all():
-            cells, offsets, value = cells[free], offsets[free], value[free]
+        keep = np.isnan(grid[cells])  # [n] the cell was empty before these readings
+        n = len(cells)
+        if n > 1:  # the first copy of a cell within these readings: its smallest position
+            idx = np.arange(n)
+            stamp = self._stamp
+            stamp[cells] = n
+            np.minimum.at(stamp, cells, idx)
+            keep &= stamp[cells] == idx
+        if not keep.all():
+            cells, offsets, value = cells[keep], offsets[keep], value[keep]
         if not len(cells):
             return 0, None
         grid[cells] = value
