@@ -12,7 +12,8 @@ gate scores challenger, champion and persistence on those held-out steps (never 
 evaluation protocol's masked metrics and promotes the challenger only if it beats the champion by
 `promote_margin` (the seed champion is persistence itself, so the first model must beat persistence;
 after a regime change a challenger that beats the champion but not persistence on the holdout is still
-promoted — it is the better of the models that can serve — and its reason says so). Every decision, with its figures, goes to the registry and the events stream.
+promoted — it is the better of the models that can serve — and its reason says so). Every decision,
+with its figures, goes to the registry and the events stream.
 """
 
 from __future__ import annotations
