@@ -80,6 +80,13 @@ class SinglesDecoder:
         """Columns for `raws`; a message is taken only when it is a well-formed single reading of a known
         sensor, with `min_ts_ms <= ts <= max_ts_ms`, at least one value, every value finite and in range."""
         m = len(raws)
+        limit = self.max_message_bytes
+        try:
+            too_big = max(map(len, raws)) > limit
+        except TypeError:  # a tombstone (None) among them
+            too_big = True
+        if too_big:  # not even parsed here: the per-message path rejects them unread
+            raws = [r if r is not None and len(r) <= limit else None for r in raws]
         docs = self._decode_all(raws)
         taken = np.array([d is not None for d in docs], dtype=bool)
         if not taken.any():
@@ -102,13 +109,8 @@ class SinglesDecoder:
         present = ~np.isnan(values)  # [m, F]
         # NaN compares False, so absent values pass; inf fails the finiteness test.
         bad_value = present & ~((values >= self._lo) & (values <= self._hi) & np.isfinite(values))
-        sizes = np.fromiter(map(len, raws), dtype=np.int64, count=m) if taken.all() else None
         taken &= (sensor >= 0) & (ts >= min_ts_ms) & (ts <= max_ts_ms)
         taken &= present.any(axis=1) & ~bad_value.any(axis=1)
-        if sizes is not None:
-            taken &= sizes <= self.max_message_bytes
-        else:
-            taken &= np.array([r is not None and len(r) <= self.max_message_bytes for r in raws], dtype=bool)
         return Singles(taken, ts, sensor, values)
 
     def _decode_all(self, raws: Sequence[bytes | None]) -> list[Any]:
