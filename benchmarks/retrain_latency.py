@@ -1,8 +1,11 @@
 """Does retraining starve serving? Live seal→Redis latency of a 207-sensor network served by an STFormer
-actor, first idle, then while a Ray Train job (2 workers × 0.5 CPU, the retraining default) trains on
-Los-loop beside it — same process, same run, real broker, Redis and Ray.
+actor, first idle, then while a Ray Train job with the retraining defaults (`RetrainSettings`: 2 workers ×
+0.5 CPU, 1 torch thread each, nice 10) trains on Los-loop beside it — same process, same run, real
+broker, Redis and Ray.
 
-    python benchmarks/retrain_latency.py [--steps 60] [--rate 5]
+    python benchmarks/retrain_latency.py [--steps 60] [--rate 5] [--workers N] [--nice N] [--threads N]
+
+The committed JSON is a `--workers 1 --steps 120` run (what a 2-core machine should use).
 
 Prints both and writes benchmarks/results/retrain_latency.json.
 """
