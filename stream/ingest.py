@@ -26,7 +26,7 @@ from stream.columnar import Singles, SinglesDecoder
 from stream.ledger import Ledger
 from stream.network import Network
 from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoded, Decoder
-from stream.window import LateReading, SealedStep, Windower
+from stream.window import LateReading, SealedStep, Windower, message_columns
 
 # A dead letter carries at most this much of the rejected message: an oversized message copied whole (and
 # base64-grown by a third) would exceed the producer's request limit and stop the consumer on every retry.
@@ -140,9 +140,6 @@ class Ingestor:
         dec = self.decoder
         singles = self._singles.decode([x.value for x in msgs], dec.min_ts_ms, dec.ts_ceiling_ms)
         offsets = np.array([x.offset for x in msgs], dtype=np.int64)
-        if singles.taken.all():
-            self._add_singles(partition, offsets, singles, slice(None))
-            return []
         run = _Run(self._n_features)
         dead: list[DeadLetter] = []
         start = 0
@@ -153,9 +150,9 @@ class Ingestor:
             m = msgs[i]
             decoded = self._decode_rows(m.value)
             if isinstance(decoded, list):
-                run.rows(m.offset, decoded)
+                run.message(m.offset, Decoded(decoded))
             elif not decoded.rejects:
-                run.decoded(m.offset, decoded)
+                run.message(m.offset, decoded)
             else:
                 self._flush(partition, run)
                 dead += self._ingest_decoded(partition, m.offset, m.value, decoded)
@@ -163,11 +160,6 @@ class Ingestor:
             run.singles(offsets[start:], singles, slice(start, None))
         self._flush(partition, run)
         return dead
-
-    def _add_singles(self, partition: int, offsets: np.ndarray, singles: Singles, sel: slice) -> None:
-        run = _Run(self._n_features)
-        run.singles(offsets[sel], singles, sel)
-        self._flush(partition, run)
 
     def _flush(self, partition: int, run: _Run) -> None:
         if run.last_offset < 0:
@@ -258,22 +250,10 @@ class _Run:
         )
         self.last_offset = max(self.last_offset, int(offsets[-1]))
 
-    def rows(self, offset: int, rows: list[tuple[int, int, int, float]]) -> None:
-        if rows:
-            ts, sensor, feature = np.array([r[:3] for r in rows], dtype=np.int64).T
-            value = np.array([r[3] for r in rows], dtype=np.float64)
-            self.chunks.append(
-                (np.full(len(rows), offset, np.int64), ts, sensor * self.n_features + feature, value)
-            )
-        self.last_offset = max(self.last_offset, offset)
-
-    def decoded(self, offset: int, decoded: Decoded) -> None:
-        if decoded.rows is not None:
-            self.rows(offset, decoded.rows)
-            return
-        if decoded.n:
-            ts, sensor, feature, value = decoded.columns()
-            cells = sensor.astype(np.int64) * self.n_features + feature
+    def message(self, offset: int, decoded: Decoded) -> None:
+        """One clean message decoded the per-message way (rows or batch columns)."""
+        ts, cells, value = message_columns(decoded, self.n_features)
+        if len(ts):
             self.chunks.append((np.full(len(ts), offset, np.int64), ts, cells, value))
         self.last_offset = max(self.last_offset, offset)
 

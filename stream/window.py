@@ -31,10 +31,14 @@ from stream.network import Network
 from stream.schema import Decoded
 from stream.step import AGGS, LateReading, SealedStep, aggregate
 
-__all__ = ["AGGS", "LateReading", "SealedStep", "Windower"]
+__all__ = ["AGGS", "LateReading", "SealedStep", "Windower", "message_columns"]
 
-_NO_OFFSETS = _NO_TS = _NO_CELLS = np.empty(0, dtype=np.int64)
-_NO_VALUES = np.empty(0, dtype=np.float64)
+
+def message_columns(decoded: Decoded, n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(ts, cells, value)` of a message's valid readings (rows or columns), cell = sensor * F + feature,
+    the form `Windower.add_columns` takes."""
+    ts, sensor, feature, value = decoded.columns()
+    return ts, sensor.astype(np.int64) * n_features + feature, value
 
 
 class _OpenStep:
@@ -135,34 +139,15 @@ class Windower:
 
         Call it for every message, even one with no valid readings, so that `committable()` moves past it.
         """
-        if decoded.rows is not None:
-            return self.add_rows(partition, offset, decoded.rows)
-        if not decoded.n:
-            return self.add_columns(partition, _NO_OFFSETS, _NO_TS, _NO_CELLS, _NO_VALUES, last_offset=offset)
-        ts, sensor, feature, value = decoded.columns()
-        cells = sensor.astype(np.int64) * self._n_features + feature
-        return self.add_columns(partition, np.full(len(ts), offset, dtype=np.int64), ts, cells, value)
+        ts, cells, value = message_columns(decoded, self._n_features)
+        offsets = np.full(len(ts), offset, dtype=np.int64)
+        return self.add_columns(partition, offsets, ts, cells, value, last_offset=offset)
 
     def add_rows(
         self, partition: int, offset: int, rows: list[tuple[int, int, int, float]]
     ) -> list[LateReading]:
         """`add()` for readings as `(ts, sensor, feature, value)` rows (`Decoder.decode_rows`)."""
-        return self.add_many(partition, [(offset, rows)])
-
-    def add_many(
-        self, partition: int, messages: list[tuple[int, list[tuple[int, int, int, float]]]]
-    ) -> list[LateReading]:
-        """`add_rows()` for several messages of one partition at once, as `(offset, rows)` pairs in arrival
-        order: the same steps, counts and late readings as one `add_rows()` call per message."""
-        flat = [(o, *r) for o, rows in messages for r in rows]
-        last = max((o for o, _ in messages), default=-1)
-        if not flat:
-            return self.add_columns(partition, _NO_OFFSETS, _NO_TS, _NO_CELLS, _NO_VALUES, last_offset=last)
-        offsets, ts, sensor, feature = np.array([r[:4] for r in flat], dtype=np.int64).T
-        value = np.array([r[4] for r in flat], dtype=np.float64)
-        return self.add_columns(
-            partition, offsets, ts, sensor * self._n_features + feature, value, last_offset=last
-        )
+        return self.add(partition, offset, Decoded(rows))
 
     def add_columns(
         self,
@@ -390,7 +375,7 @@ class Windower:
         n = len(st)
         flat_last = self._last.reshape(-1)  # [N * F] view
         flat_mask = mask.reshape(-1)
-        grid_cells = np.flatnonzero(~np.isnan(st.grid)) if st.grid is not None else _NO_CELLS  # sorted
+        grid_cells = np.flatnonzero(~np.isnan(st.grid)) if st.grid is not None else np.empty(0, np.int64)
         if not st.readings:  # only on-grid readings: one per cell, already in cell order
             assert st.grid is not None
             flat_last[grid_cells] = st.grid[grid_cells]
