@@ -27,6 +27,18 @@ from tests.conftest import wait_for
 LATENESS = 300_000
 
 
+def assert_same_archive(crashed: Archive, reference: Archive, *, steps: int) -> np.ndarray:
+    """The crashed-and-restarted run archived exactly what the uninterrupted one did, `steps` steps of
+    it; returns the mask."""
+    a_ts, a_vals, a_mask = crashed.read()
+    b_ts, b_vals, b_mask = reference.read()
+    np.testing.assert_array_equal(a_ts, b_ts)
+    np.testing.assert_array_equal(a_mask, b_mask)
+    np.testing.assert_array_equal(a_vals, b_vals)
+    assert len(a_ts) == steps
+    return a_mask
+
+
 def _committed_behind(s: Settings, group: str) -> bool:
     """True when the group's committed offsets are below the high-water marks (work was left undone)."""
     c = KafkaConsumer(bootstrap_servers=s.kafka.bootstrap, group_id=group, enable_auto_commit=False)
@@ -113,9 +125,4 @@ def test_sigkill_mid_stream_then_restart_gives_identical_archive(
     finally:
         ref.close()
 
-    a_ts, a_vals, a_mask = Archive(crashed, ds.network).read()
-    b_ts, b_vals, b_mask = ref.archive.read()
-    np.testing.assert_array_equal(a_ts, b_ts)
-    np.testing.assert_array_equal(a_mask, b_mask)
-    np.testing.assert_array_equal(a_vals, b_vals)
-    assert len(a_ts) == 600
+    assert_same_archive(Archive(crashed, ds.network), ref.archive, steps=600)

@@ -14,7 +14,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
@@ -28,7 +27,7 @@ from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.replay import plan, send
 from tests.conftest import wait_for
 from tests.faults.conftest import Reliability
-from tests.test_crash import _committed_behind
+from tests.test_crash import _committed_behind, assert_same_archive
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]  # the default suite runs tests/test_crash.py instead
 
@@ -116,12 +115,7 @@ def test_ingest_sigkill_and_restart(fault_settings: Settings, datasets_dir: Path
         )
     finally:
         ref.close()
-    a_ts, a_vals, a_mask = Archive(crashed, ds.network).read()
-    b_ts, b_vals, b_mask = ref.archive.read()
-    np.testing.assert_array_equal(a_ts, b_ts)
-    np.testing.assert_array_equal(a_mask, b_mask)
-    np.testing.assert_array_equal(a_vals, b_vals)
-    assert len(a_ts) == STEPS
+    a_mask = assert_same_archive(Archive(crashed, ds.network), ref.archive, steps=STEPS)
     lost = exp.readings - int(a_mask.sum())
     assert lost == 0
     # the crashed + restarted pair dead-lettered every malformed message (some twice: replayed, same key)
