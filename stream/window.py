@@ -28,6 +28,7 @@ import numpy as np
 
 from stream.ledger import Ledger, PartitionCounts
 from stream.network import Network
+from stream.openstep import OpenStep
 from stream.schema import Decoded
 from stream.step import AGGS, LateReading, SealedStep, aggregate
 
@@ -39,35 +40,6 @@ def message_columns(decoded: Decoded, n_features: int) -> tuple[np.ndarray, np.n
     the form `Windower.add_columns` takes."""
     ts, sensor, feature, value = decoded.columns()
     return ts, sensor.astype(np.int64) * n_features + feature, value
-
-
-class _OpenStep:
-    """Readings of one unsealed step, in two stores that never hold the same key.
-
-    * `grid`: float64 `[N * F]` by cell (`sensor * F + feature`), the readings stamped exactly at the
-      step's start (the usual case for sensors on a schedule), NaN where none arrived yet; created on
-      first use. Validated readings are finite, so NaN means "empty" and a slot is written once.
-    * `readings`: the others, keyed by `cell * step_ms + (ts - step_ts)`, `ts - step_ts > 0`.
-
-    A key is unique per (sensor, feature, ts), so the stores both drop duplicates and, merged and sorted
-    at seal time, give a canonical order: the aggregate does not depend on arrival order, to the last bit.
-    """
-
-    __slots__ = ("first_offset", "grid", "n_grid", "readings")
-
-    def __init__(self) -> None:
-        self.grid: np.ndarray | None = None
-        self.n_grid = 0
-        self.readings: dict[int, float] = {}
-        self.first_offset: dict[int, int] = {}  # partition -> smallest offset holding a reading here
-
-    def __len__(self) -> int:
-        return self.n_grid + len(self.readings)
-
-    def hold(self, partition: int, offset: int) -> None:
-        first = self.first_offset.get(partition)
-        if first is None or offset < first:
-            self.first_offset[partition] = offset
 
 
 class _Partition:
@@ -121,7 +93,7 @@ class Windower:
         self._n_features = network.n_features
         self._shape = (network.n_sensors, network.n_features)
         self.ledger = ledger if ledger is not None else Ledger()
-        self._open: dict[int, _OpenStep] = {}
+        self._open: dict[int, OpenStep] = {}
         self._sealed = -1 if resume_after_step is None else resume_after_step  # last sealed step_ts, -1: none
         self._replay_through = -1 if resume_after_step is None else resume_after_step
         self._parts: dict[int, _Partition] = {}
@@ -227,15 +199,15 @@ class Windower:
             return
         st = self._open.get(step)
         if st is None:
-            st = self._open[step] = _OpenStep()
+            st = self._open[step] = OpenStep(self._shape[0] * self._shape[1])
         on_grid = dt == 0
         if on_grid.all():
-            windowed, held = self._add_grid(st, offsets, cells, value)
+            windowed, held = st.add_grid(offsets, cells, value, self._stamp)
             duplicates = len(cells) - windowed
         else:
             off = ~on_grid
-            windowed, held = self._add_grid(st, offsets[on_grid], cells[on_grid], value[on_grid])
-            w, h = self._add_keyed(st, offsets[off], cells[off] * self._step_ms + dt[off], value[off])
+            windowed, held = st.add_grid(offsets[on_grid], cells[on_grid], value[on_grid], self._stamp)
+            w, h = st.add_keyed(offsets[off], cells[off] * self._step_ms + dt[off], value[off])
             duplicates = len(cells) - windowed - w
             windowed += w
             held = h if held is None or (h is not None and h < held) else held
@@ -244,52 +216,6 @@ class Windower:
             assert held is not None
             st.hold(partition, held)
             p.counts.windowed += windowed
-
-    def _add_grid(
-        self, st: _OpenStep, offsets: np.ndarray, cells: np.ndarray, value: np.ndarray
-    ) -> tuple[int, int | None]:
-        """Readings at the step's start into the dense store; returns (windowed, smallest offset kept)."""
-        if not len(cells):
-            return 0, None
-        if st.grid is None:
-            st.grid = np.full(self._shape[0] * self._shape[1], np.nan)
-        grid = st.grid
-        keep = np.isnan(grid[cells])  # [n] the cell was empty before these readings
-        n = len(cells)
-        if n > 1:  # the first copy of a cell within these readings: its smallest position
-            idx = np.arange(n)
-            stamp = self._stamp
-            stamp[cells] = n
-            np.minimum.at(stamp, cells, idx)
-            keep &= stamp[cells] == idx
-        if not keep.all():
-            cells, offsets, value = cells[keep], offsets[keep], value[keep]
-        if not len(cells):
-            return 0, None
-        grid[cells] = value
-        st.n_grid += len(cells)
-        return len(cells), int(offsets.min())
-
-    def _add_keyed(
-        self, st: _OpenStep, offsets: np.ndarray, keys: np.ndarray, value: np.ndarray
-    ) -> tuple[int, int | None]:
-        """Readings off the step's start into the keyed store; returns (windowed, smallest offset kept)."""
-        if not len(keys):
-            return 0, None
-        k = keys.tolist()
-        v = value.tolist()
-        readings = st.readings
-        fresh = dict(zip(reversed(k), reversed(v), strict=True))  # reversed: the first copy wins
-        if len(fresh) == len(k) and readings.keys().isdisjoint(fresh):
-            readings.update(fresh)
-            return len(k), int(offsets.min())
-        windowed, held = 0, None
-        for key, x, o in zip(k, v, offsets.tolist(), strict=True):
-            if key not in readings:
-                readings[key] = x
-                windowed += 1
-                held = o if held is None or o < held else held
-        return windowed, held
 
     # -- watermark and sealing -------------------------------------------------------------------------
 
@@ -375,22 +301,11 @@ class Windower:
         n = len(st)
         flat_last = self._last.reshape(-1)  # [N * F] view
         flat_mask = mask.reshape(-1)
-        grid_cells = np.flatnonzero(~np.isnan(st.grid)) if st.grid is not None else np.empty(0, np.int64)
-        if not st.readings:  # only on-grid readings: one per cell, already in cell order
-            assert st.grid is not None
-            flat_last[grid_cells] = st.grid[grid_cells]
-            flat_mask[grid_cells] = 1
+        cells, vals, one_each = st.readings_by_cell(self._step_ms)
+        if one_each:  # one reading per cell: it is the aggregate
+            flat_last[cells] = vals
+            flat_mask[cells] = 1
             return SealedStep(step, self._last.copy(), mask, n)
-        m = len(st.readings)
-        keys = np.fromiter(st.readings.keys(), dtype=np.int64, count=m)
-        vals = np.fromiter(st.readings.values(), dtype=np.float64, count=m)
-        if len(grid_cells):
-            assert st.grid is not None
-            keys = np.concatenate([grid_cells * self._step_ms, keys])
-            vals = np.concatenate([st.grid[grid_cells], vals])
-        order = np.argsort(keys, kind="stable")  # by cell, then by ts
-        keys, vals = keys[order], vals[order]
-        cells = keys // self._step_ms
         starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
         agg = aggregate(self.agg, cells, vals, starts)
         flat_last[cells[starts]] = agg

@@ -1,0 +1,104 @@
+"""The readings of one unsealed step, as the windower (`stream.window`) collects them.
+
+Two stores that never hold the same key:
+
+* `grid`: float64 `[N * F]` by cell (`sensor * F + feature`), the readings stamped exactly at the step's
+  start (the usual case for sensors on a schedule), NaN where none arrived yet; created on first use.
+  Validated readings are finite, so NaN means "empty" and a slot is written once.
+* `readings`: the others, keyed by `cell * step_ms + (ts - step_ts)`, `ts - step_ts > 0`.
+
+A key is unique per (sensor, feature, ts), so the stores both drop duplicates (the first copy wins) and,
+merged and sorted at seal time, give a canonical order: the aggregate does not depend on arrival order,
+to the last bit. Pure numpy; no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["OpenStep"]
+
+
+class OpenStep:
+    """One unsealed step's readings (see the module docstring) and, per partition, the smallest offset
+    holding one of them (what must not be committed before the step is archived)."""
+
+    __slots__ = ("first_offset", "grid", "n_grid", "readings", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size  # N * F cells
+        self.grid: np.ndarray | None = None
+        self.n_grid = 0
+        self.readings: dict[int, float] = {}
+        self.first_offset: dict[int, int] = {}  # partition -> smallest offset holding a reading here
+
+    def __len__(self) -> int:
+        return self.n_grid + len(self.readings)
+
+    def hold(self, partition: int, offset: int) -> None:
+        first = self.first_offset.get(partition)
+        if first is None or offset < first:
+            self.first_offset[partition] = offset
+
+    def add_grid(
+        self, offsets: np.ndarray, cells: np.ndarray, value: np.ndarray, stamp: np.ndarray
+    ) -> tuple[int, int | None]:
+        """Readings at the step's start, in arrival order, into the dense store; `stamp` is int64 scratch
+        `[N * F]`. Returns (windowed, smallest offset kept); the rest are duplicates."""
+        if not len(cells):
+            return 0, None
+        if self.grid is None:
+            self.grid = np.full(self.size, np.nan)
+        grid = self.grid
+        keep = np.isnan(grid[cells])  # [n] the cell was empty before these readings
+        n = len(cells)
+        if n > 1:  # the first copy of a cell within these readings: its smallest position
+            idx = np.arange(n)
+            stamp[cells] = n
+            np.minimum.at(stamp, cells, idx)
+            keep &= stamp[cells] == idx
+        if not keep.all():
+            cells, offsets, value = cells[keep], offsets[keep], value[keep]
+        if not len(cells):
+            return 0, None
+        grid[cells] = value
+        self.n_grid += len(cells)
+        return len(cells), int(offsets.min())
+
+    def add_keyed(self, offsets: np.ndarray, keys: np.ndarray, value: np.ndarray) -> tuple[int, int | None]:
+        """Readings off the step's start, in arrival order, into the keyed store; returns (windowed,
+        smallest offset kept); the rest are duplicates."""
+        if not len(keys):
+            return 0, None
+        k = keys.tolist()
+        v = value.tolist()
+        readings = self.readings
+        fresh = dict(zip(reversed(k), reversed(v), strict=True))  # reversed: the first copy wins
+        if len(fresh) == len(k) and readings.keys().isdisjoint(fresh):
+            readings.update(fresh)
+            return len(k), int(offsets.min())
+        windowed, held = 0, None
+        for key, x, o in zip(k, v, offsets.tolist(), strict=True):
+            if key not in readings:
+                readings[key] = x
+                windowed += 1
+                held = o if held is None or o < held else held
+        return windowed, held
+
+    def readings_by_cell(self, step_ms: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """`(cells, values, one_each)`: every reading, sorted by cell and then by ts; `one_each` when each
+        cell has exactly one (only on-grid readings), so the values are the aggregates."""
+        grid_cells = np.flatnonzero(~np.isnan(self.grid)) if self.grid is not None else np.empty(0, np.int64)
+        if not self.readings:  # already in cell order
+            assert self.grid is not None or not len(grid_cells)
+            vals = self.grid[grid_cells] if self.grid is not None else np.empty(0)
+            return grid_cells, vals, True
+        m = len(self.readings)
+        keys = np.fromiter(self.readings.keys(), dtype=np.int64, count=m)
+        vals = np.fromiter(self.readings.values(), dtype=np.float64, count=m)
+        if len(grid_cells):
+            assert self.grid is not None
+            keys = np.concatenate([grid_cells * step_ms, keys])
+            vals = np.concatenate([self.grid[grid_cells], vals])
+        order = np.argsort(keys, kind="stable")  # by cell, then by ts
+        return keys[order] // step_ms, vals[order], False
