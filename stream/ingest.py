@@ -139,7 +139,11 @@ class Ingestor:
             return []
         dec = self.decoder
         singles = self._singles.decode([x.value for x in msgs], dec.min_ts_ms, dec.ts_ceiling_ms)
-        offsets = np.array([x.offset for x in msgs], dtype=np.int64)
+        first, last = msgs[0].offset, msgs[-1].offset
+        if last - first == len(msgs) - 1:  # offsets rise within a partition: these are consecutive
+            offsets = np.arange(first, last + 1, dtype=np.int64)
+        else:  # a gap (compaction, transaction markers)
+            offsets = np.array([x.offset for x in msgs], dtype=np.int64)
         run = _Run(self._n_features)
         dead: list[DeadLetter] = []
         start = 0

@@ -41,29 +41,30 @@ class OpenStep:
             self.first_offset[partition] = offset
 
     def add_grid(
-        self, offsets: np.ndarray, cells: np.ndarray, value: np.ndarray, stamp: np.ndarray
+        self, offsets: np.ndarray, cells: np.ndarray, value: np.ndarray, first: np.ndarray | None
     ) -> tuple[int, int | None]:
-        """Readings at the step's start, in arrival order, into the dense store; `stamp` is int64 scratch
-        `[N * F]`. Returns (windowed, smallest offset kept); the rest are duplicates."""
+        """Readings at the step's start, in arrival order, into the dense store. `first` marks the first
+        copy of each cell among these readings (None: no cell repeats; `Windower` finds them for many
+        steps at once). Returns (windowed, smallest offset kept); the rest are duplicates."""
         if not len(cells):
             return 0, None
         if self.grid is None:
             self.grid = np.full(self.size, np.nan)
         grid = self.grid
         keep = np.isnan(grid[cells])  # [n] the cell was empty before these readings
-        n = len(cells)
-        if n > 1:  # the first copy of a cell within these readings: its smallest position
-            idx = np.arange(n)
-            stamp[cells] = n
-            np.minimum.at(stamp, cells, idx)
-            keep &= stamp[cells] == idx
-        if not keep.all():
-            cells, offsets, value = cells[keep], offsets[keep], value[keep]
-        if not len(cells):
+        if first is not None:
+            keep &= first
+        k = int(np.count_nonzero(keep))
+        if k == len(cells):  # the usual case: every reading is new
+            grid[cells] = value
+            held = int(np.minimum.reduce(offsets))
+        elif k:
+            grid[cells[keep]] = value[keep]
+            held = int(np.minimum.reduce(offsets[keep]))
+        else:
             return 0, None
-        grid[cells] = value
-        self.n_grid += len(cells)
-        return len(cells), int(offsets.min())
+        self.n_grid += k
+        return k, held
 
     def add_keyed(self, offsets: np.ndarray, keys: np.ndarray, value: np.ndarray) -> tuple[int, int | None]:
         """Readings off the step's start, in arrival order, into the keyed store; returns (windowed,

@@ -63,6 +63,8 @@ class Windower:
     caller sharing the ledger counts what it rejects before the windower (`received` + `dead_lettered`).
     """
 
+    max_scratch_cells = 1 << 22  # int64 scratch for finding duplicates over many steps (32 MB); past it, a sort
+
     def __init__(
         self,
         network: Network,
@@ -100,7 +102,8 @@ class Windower:
         self._watermark: int | None = None
         self.forced_seals = 0
         self._last = np.full(self._shape, np.nan, dtype=np.float32)  # [N, F] last observed aggregate
-        self._stamp = np.empty(network.n_sensors * network.n_features, dtype=np.int64)  # scratch, by cell
+        self._n_cells = network.n_sensors * network.n_features
+        self._scratch = np.empty(self._n_cells, dtype=np.int64)  # `_first_copies`; grows to [steps * N * F]
         if fill_values is not None:
             self._last[...] = fill_values
 
@@ -153,7 +156,9 @@ class Windower:
         steps = ts - dt
         late: list[LateReading] = []
         lo, hi = int(steps.min()), int(steps.max())
-        if lo == hi:  # the usual run: one step
+        if lo > self._sealed and not np.count_nonzero(dt):  # the hot path: on the grid, steps all open
+            self._add_on_grid(p, partition, lo == hi, steps, offsets, cells, value)
+        elif lo == hi:  # one step
             self._add_step(p, partition, lo, offsets, dt, cells, value, late)
         else:  # group by step, arrival order kept within each (a stable sort)
             order = np.argsort(steps, kind="stable")
@@ -202,11 +207,13 @@ class Windower:
             st = self._open[step] = OpenStep(self._shape[0] * self._shape[1])
         on_grid = dt == 0
         if on_grid.all():
-            windowed, held = st.add_grid(offsets, cells, value, self._stamp)
+            windowed, held = st.add_grid(offsets, cells, value, self._first_copies(cells, 1))
             duplicates = len(cells) - windowed
         else:
             off = ~on_grid
-            windowed, held = st.add_grid(offsets[on_grid], cells[on_grid], value[on_grid], self._stamp)
+            grid_cells = cells[on_grid]
+            first = self._first_copies(grid_cells, 1)
+            windowed, held = st.add_grid(offsets[on_grid], grid_cells, value[on_grid], first)
             w, h = st.add_keyed(offsets[off], cells[off] * self._step_ms + dt[off], value[off])
             duplicates = len(cells) - windowed - w
             windowed += w
@@ -216,6 +223,67 @@ class Windower:
             assert held is not None
             st.hold(partition, held)
             p.counts.windowed += windowed
+
+    def _add_on_grid(
+        self,
+        p: _Partition,
+        partition: int,
+        one_step: bool,
+        steps: np.ndarray,
+        offsets: np.ndarray,
+        cells: np.ndarray,
+        value: np.ndarray,
+    ) -> None:
+        """`add_columns` for readings all at their step's start, in steps not sealed yet: duplicates are
+        found for all the steps at once, then each step's readings go into its grid in one operation."""
+        n = len(cells)
+        if one_step:
+            starts, ends, keys, n_steps = [0], [n], cells, 1
+        else:
+            order = np.argsort(steps, kind="stable")  # group by step, arrival order kept within each
+            steps, offsets, cells, value = steps[order], offsets[order], cells[order], value[order]
+            change = steps[1:] != steps[:-1]
+            bounds = (np.flatnonzero(change) + 1).tolist()
+            starts, ends, n_steps = [0, *bounds], [*bounds, n], len(bounds) + 1
+            rank = np.zeros(n, dtype=np.int64)
+            rank[1:] = np.cumsum(change)
+            keys = rank * self._n_cells + cells  # (step, cell), unique per step among these
+        first = self._first_copies(keys, n_steps)
+        windowed = 0
+        open_steps, size = self._open, self._n_cells
+        for a, b in zip(starts, ends, strict=True):
+            step = int(steps[a])
+            st = open_steps.get(step)
+            if st is None:
+                st = open_steps[step] = OpenStep(size)
+            k, held = st.add_grid(offsets[a:b], cells[a:b], value[a:b], None if first is None else first[a:b])
+            if k:
+                assert held is not None
+                st.hold(partition, held)
+                windowed += k
+        p.counts.windowed += windowed
+        p.counts.duplicates += n - windowed
+
+    def _first_copies(self, keys: np.ndarray, n_steps: int) -> np.ndarray | None:
+        """Marks the first of equal `keys` (`step rank * N * F + cell`, `n_steps` ranks) in arrival order;
+        None when no key repeats (the usual case, found in three operations)."""
+        n = len(keys)
+        if n < 2:
+            return None
+        size = n_steps * self._n_cells
+        if n_steps > 1 and size > self.max_scratch_cells:  # sort instead
+            first = np.zeros(n, dtype=bool)
+            first[np.unique(keys, return_index=True)[1]] = True  # a stable sort: first occurrences
+            return None if first.all() else first
+        if self._scratch.size < size:
+            self._scratch = np.empty(size, dtype=np.int64)
+        stamp, idx = self._scratch, np.arange(n)
+        stamp[keys] = idx  # every key keeps one of its positions: all kept iff no key repeats
+        if np.count_nonzero(stamp[keys] == idx) == n:
+            return None
+        stamp[keys] = n
+        np.minimum.at(stamp, keys, idx)
+        return stamp[keys] == idx
 
     # -- watermark and sealing -------------------------------------------------------------------------
 

@@ -147,3 +147,45 @@ def test_readings_beyond_lateness_are_late_and_counted(
     # any step whose end + lateness the watermark passed was sealed
     if sealed_through is not None:
         assert sealed_through + STEP + LATENESS <= wm < sealed_through + 2 * STEP + LATENESS
+
+
+@BOUNDED
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 9),  # step: readings at their step's start (the columnar hot path)
+            st.integers(0, NET.n_sensors - 1),
+            st.integers(0, NET.n_features - 1),
+            st.sampled_from([1.0, 2.0, 3.0]),  # few values: copies of one key often disagree
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+    st.lists(st.integers(1, 30), min_size=1, max_size=10),
+    st.booleans(),
+)
+def test_columns_over_many_steps_equal_one_reading_at_a_time(
+    rows: list[tuple[int, int, int, float]], chunks: list[int], sort_duplicates: bool
+) -> None:
+    """`add_columns` with readings of many steps at once (repeated keys, some with other values: the first
+    copy wins) gives the steps, counts and held offsets of adding them one by one; also when the
+    duplicates are found by sorting instead of the scratch array."""
+    one = new_windower("last")
+    for i, (k, s, f, v) in enumerate(rows):
+        one.add(0, i, Decoded([(T0 + k * STEP, s, f, v)]))
+    many = new_windower("last")
+    if sort_duplicates:
+        many.max_scratch_cells = 1
+    ts = np.array([T0 + k * STEP for k, *_ in rows], np.int64)
+    cells = np.array([s * NET.n_features + f for _, s, f, _ in rows], np.int64)
+    value = np.array([v for *_, v in rows], np.float64)
+    offsets = np.arange(len(rows), dtype=np.int64)
+    a = 0
+    for size in [*chunks, len(rows)]:
+        b = min(len(rows), a + size)
+        if a < b:
+            many.add_columns(0, offsets[a:b], ts[a:b], cells[a:b], value[a:b])
+        a = b
+    assert many.committable(0) == one.committable(0)
+    assert many.ledger.total().as_dict() == one.ledger.total().as_dict()
+    same(one.flush_all(), many.flush_all())
