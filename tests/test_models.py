@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+import training.model as model_module
 from stream.network import Network
 from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.data import time_features
-from training.model import AttentionSeq2Seq, Seq2SeqConfig, STFormer, STFormerConfig
+from training.model import AttentionSeq2Seq, Seq2SeqConfig, STFormer, STFormerConfig, attend
 from training.scaler import StandardScaler
 
 torch.set_num_threads(1)
@@ -162,3 +163,33 @@ def test_graph_bias_is_symmetric_scaled_and_saved(tmp_path: Path) -> None:
     a = model.adjacency
     assert torch.equal(a, a.T) and a.max() == 1 and torch.all(a.diagonal() == 1) and a[0, 1] == 1
     assert a[1, 2] == 0.5 and a[0, 3] == 0
+
+
+@pytest.mark.parametrize(
+    ("m", "heads", "length", "d", "with_bias", "chunk"),
+    [
+        (40, 2, 12, 8, False, None),  # temporal: short sequences, written out
+        (6, 2, 30, 8, True, None),  # spatial with the graph bias
+        (7, 3, 9, 4, True, 3 * 9 * 9 * 2),  # several chunks of 2 sequences, a short last one
+        (5, 2, 40, 8, False, None),  # long, no bias: the fused kernel
+    ],
+)
+def test_attend_equals_scaled_dot_product_attention(
+    monkeypatch: pytest.MonkeyPatch, m: int, heads: int, length: int, d: int, with_bias: bool, chunk: int | None
+) -> None:
+    """The CPU attention written out in chunks gives what `F.scaled_dot_product_attention` gives, values
+    and gradients (the graph bias's included)."""
+    if chunk is not None:
+        monkeypatch.setattr(model_module, "CPU_SCORES_CHUNK", chunk)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(m, heads, length, d, generator=g, requires_grad=True) for _ in range(3))
+    bias = torch.randn(heads, length, length, generator=g, requires_grad=True) if with_bias else None
+    got = attend(q, k, v, bias, 0.0, True)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(got.shape, generator=g)
+    leaves = [q, k, v, *([bias] if bias is not None else [])]
+    grads_got = torch.autograd.grad(got, leaves, upstream)
+    grads_want = torch.autograd.grad(want, leaves, upstream)
+    for a, b in zip(grads_got, grads_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -230,16 +230,25 @@ def attend(
     m, heads, length, d = q.shape
     if q.device.type != "cpu" or (bias is None and length > 32):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    scale = 1.0 / math.sqrt(d)
-    chunk = max(1, CPU_SCORES_CHUNK // (heads * length * length))
+    chunk = min(m, max(1, CPU_SCORES_CHUNK // (heads * length * length)))
+    # [M * heads, L, d]: the chunks below are then plain contiguous slices for bmm (one copy each here,
+    # not one per chunk); the scale goes on q, L/d times smaller than the scores.
+    q3 = (q * (1.0 / math.sqrt(d))).reshape(m * heads, length, d)
+    k3 = k.reshape(m * heads, length, d).transpose(1, 2)  # [M * heads, d, L]
+    v3 = v.reshape(m * heads, length, d)
+    if bias is not None:  # one chunk's worth, added by the score product itself (baddbmm)
+        bias3 = bias.expand(chunk, heads, length, length).reshape(chunk * heads, length, length)
     out = []
-    for i in range(0, m, chunk):
-        scores = (q[i : i + chunk] @ k[i : i + chunk].transpose(-1, -2)) * scale  # [c, heads, L, L]
-        if bias is not None:
-            scores = scores + bias
+    for i in range(0, m * heads, chunk * heads):
+        j = min(i + chunk * heads, m * heads)
+        if bias is None:
+            scores = torch.bmm(q3[i:j], k3[i:j])  # [c * heads, L, L]
+        else:
+            scores = torch.baddbmm(bias3[: j - i], q3[i:j], k3[i:j])
         weights = F.dropout(scores.softmax(-1), dropout_p, training)
-        out.append(weights @ v[i : i + chunk])
-    return out[0] if len(out) == 1 else torch.cat(out)
+        out.append(torch.bmm(weights, v3[i:j]))
+    att = out[0] if len(out) == 1 else torch.cat(out)
+    return att.reshape(m, heads, length, d)
 
 
 class SelfAttentionLayer(nn.Module):
