@@ -62,6 +62,12 @@ class RaySettings(BaseModel):
     actor_max_restarts: int = Field(default=5, ge=-1)
     actor_max_task_retries: int = Field(default=3, ge=-1)
     replicas: int = Field(default=1, ge=1, description="forecaster actors sharing the steps")
+    pipeline_windows: int = Field(
+        default=8,
+        ge=1,
+        description="windows per replica per call when catching up: the next call computes while the "
+        "previous one's steps are written to Redis",
+    )
 
 
 class OnlineSettings(BaseModel):

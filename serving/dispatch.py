@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,18 @@ except ImportError:  # pragma: no cover
 
 class ForecastUnavailable(RuntimeError):
     """No forecaster actor answered before the deadline."""
+
+
+@dataclass
+class Call:
+    """A submitted forecast: one object ref per replica chunk `(lo, hi)` of the windows, and the inputs
+    (kept to re-send a chunk whose actor failed)."""
+
+    refs: list[Any]
+    chunks: list[tuple[int, int]]
+    values: np.ndarray
+    mask: np.ndarray
+    step_ts: np.ndarray
 
 
 class Dispatcher:
@@ -72,13 +85,21 @@ class Dispatcher:
 
     def forecast(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> np.ndarray:
         """values, mask: [B, window, N, F]; step_ts: [B, window] -> [B, H, N, out] by `self.version`."""
+        return self.collect(self.submit(values, mask, step_ts))
+
+    def submit(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> Call:
+        """Start a forecast (a chunk per replica) without waiting; `collect()` it later, in any order."""
         b = values.shape[0]
         bounds = np.linspace(0, b, min(b, len(self.actors)) + 1).astype(int)
-        chunks = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+        chunks = [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(bounds) - 1)]
         refs = [self._submit(i, lo, hi, values, mask, step_ts) for i, (lo, hi) in enumerate(chunks)]
+        return Call(refs, chunks, values, mask, step_ts)
+
+    def collect(self, call: Call) -> np.ndarray:
+        """The forecasts of a submitted call, [B, H, N, out]; a chunk whose actor failed is re-sent."""
         parts = [
-            self._collect(i, ref, lo, hi, values, mask, step_ts)
-            for i, (ref, (lo, hi)) in enumerate(zip(refs, chunks, strict=True))
+            self._collect(i, ref, lo, hi, call.values, call.mask, call.step_ts)
+            for i, (ref, (lo, hi)) in enumerate(zip(call.refs, call.chunks, strict=True))
         ]
         return np.concatenate(parts, axis=0)
 

@@ -23,7 +23,7 @@ import numpy as np
 import redis
 
 from serving.config import Settings
-from serving.dispatch import Dispatcher
+from serving.dispatch import Call, Dispatcher
 from serving.forecaster import ModelSpec, make_actor
 from serving.keys import Keys
 from serving.lifecycle import Follower, bootstrap, resolve
@@ -303,25 +303,46 @@ class ServePipeline:
         )
 
     def _forecast(self, pending: _Pending) -> int:
+        """Forecast the pending windows and write each step to Redis, in step order.
+
+        A long backlog (catching up, replaying) goes in calls of `ray.pipeline_windows` windows per replica,
+        and the next call is submitted before the previous one's steps are written, so the actors
+        compute while this process writes to Redis.
+        """
         if not pending.step_ts:
             return 0
         assert self.dispatcher and self.sink
         values = np.stack(pending.values)  # [B, window, N, F]
         mask = np.stack(pending.mask)  # [B, window, N, F]
         ts = np.stack(pending.ts)  # [B, window]
-        out = self.dispatcher.forecast(values, mask, ts)  # [B, H, N, out]
+        b = len(pending.step_ts)
+        size = self.settings.ray.pipeline_windows * len(self.dispatcher.actors)
+        calls: deque[tuple[int, Call]] = deque()
+        for lo in range(0, b, size):
+            hi = min(b, lo + size)
+            calls.append((lo, self.dispatcher.submit(values[lo:hi], mask[lo:hi], ts[lo:hi])))
+            if len(calls) > 1:
+                self._write_forecasts(pending, *calls.popleft())
+        while calls:
+            self._write_forecasts(pending, *calls.popleft())
+        return b
+
+    def _write_forecasts(self, pending: _Pending, first: int, call: Call) -> None:
+        """Wait for `call` (pending windows `first`, `first + 1`, ...) and write its steps."""
+        assert self.dispatcher and self.sink
+        out = self.dispatcher.collect(call)  # [b, H, N, out]
         self.metrics.inference_seconds.observe(self.dispatcher.last_infer_ms / 1000)
         version = self.dispatcher.version
-        for b, step_ts in enumerate(pending.step_ts):
-            self.sink.write(StepForecast(step_ts, version, out[b], wall_ms()))
+        for k in range(out.shape[0]):
+            step_ts = pending.step_ts[first + k]
+            self.sink.write(StepForecast(step_ts, version, out[k], wall_ms()))
             if self.online is not None:
-                self.online.record_forecast(step_ts, version, out[b])
-            latency = time.monotonic() - pending.sealed_at[b]
+                self.online.record_forecast(step_ts, version, out[k])
+            latency = time.monotonic() - pending.sealed_at[first + k]
             self.metrics.seal_to_redis_seconds.observe(latency)
             self.latencies_s.append(latency)
-        self.metrics.steps_forecast.inc(len(pending.step_ts))
-        self.steps_forecast += len(pending.step_ts)
-        return len(pending.step_ts)
+        self.metrics.steps_forecast.inc(out.shape[0])
+        self.steps_forecast += out.shape[0]
 
     def run(
         self,

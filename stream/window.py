@@ -204,7 +204,7 @@ class Windower:
             return
         st = self._open.get(step)
         if st is None:
-            st = self._open[step] = OpenStep(self._shape[0] * self._shape[1])
+            st = self._open[step] = OpenStep(self._n_cells)
         on_grid = dt == 0
         if on_grid.all():
             windowed, held = st.add_grid(offsets, cells, value, self._first_copies(cells, 1))

@@ -69,6 +69,7 @@ def test_online_mae_per_horizon_matches_independent_computation(fresh_settings: 
 def test_killed_actor_loses_no_step(fresh_settings: Settings) -> None:
     s = fresh_settings.model_copy(deep=True)
     s.kafka.max_poll_records = 4  # many small cycles, so the kill lands mid-replay
+    s.ray.pipeline_windows = 1  # a cycle's windows go in overlapping calls: a kill lands between them too
     network = simulated_network(30, name="kill", step_ms=STEP)
     sim = Simulator(network, seed=1)
     steps = 40
