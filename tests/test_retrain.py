@@ -91,6 +91,9 @@ def test_drift_triggers_retraining_and_promotion(fresh_settings: Settings, tmp_p
     # before it triggers, and the drift job trains on the newest 10 days only; the gate's holdout is a day.
     s = _settings(fresh_settings, tmp_path, every_steps=528, workers=2, min_steps=480, history_steps=480,
                   holdout_steps=48, drift_patience=480, drift_history_steps=480, time_budget_s=90)  # fmt: skip
+    # the checks below read every step's entry: the stream must hold the whole run (20 steps/s for up to
+    # ~20 minutes on a loaded machine), not the default cap of 2,000
+    s.redis.stream_maxlen = 100_000
     network = simulated_network(8, name="drift", step_ms=STEP)
     ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
     pipe = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id="drift").start()
@@ -149,8 +152,10 @@ def test_drift_triggers_retraining_and_promotion(fresh_settings: Settings, tmp_p
     steps = [t for t, _ in entries]
     assert steps == sorted(set(steps)), "a step was forecast twice or out of order"
     assert np.all(np.diff(steps) == STEP), "a step is missing in the forecast stream"
+    assert len(entries) < s.redis.stream_maxlen, "the forecast stream was trimmed: raise the cap"
     versions = [v for _, v in entries]
     first = {v: versions.index(v) for v in set(versions)}
+    assert {seed, learned, adapted} <= set(first), (seed, learned, adapted, sorted(first))
     assert first[seed] < first[learned] < first[adapted]
     assert versions[first[adapted] :] == [adapted] * (len(versions) - first[adapted])
 
