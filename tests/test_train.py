@@ -103,3 +103,34 @@ def test_cosine_schedule_with_warmup_and_weight_average(tiny_dataset: Path, tmp_
     )
     lrs = [row["lr"] for row in load_checkpoint(tmp_path / "m.pt").extra["train"]["history"]]
     assert summary["epochs_run"] == 4 and lrs[0] < lrs[1] and lrs[1] > lrs[2] > lrs[3]
+
+
+def test_pems08_head_trains_and_evaluates_through_the_cli(datasets_dir: Path, tmp_path: Path) -> None:
+    """The README's PEMS08 commands on the head of the real file: the PEMS path (npz + edge list), the
+    6:2:2 protocol with flow as the target, one epoch of training, then `evaluate` writing its report."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    data, ckpt, report = datasets_dir / "pems08-head", tmp_path / "pems08.pt", tmp_path / "pems08.json"
+    sets = [arg for k, v in TINY.items() for arg in ("--set", f"{k}={v}")]
+    runner = CliRunner()
+    out = runner.invoke(app, ["train", "--dataset", str(data), "--model", "stformer", "--workers", "0",
+                              "--epochs", "1", "--threads", "1", *sets, "--out", str(ckpt)])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    loaded = load_checkpoint(ckpt)
+    assert (
+        loaded.network.n_sensors == 170 and loaded.network.n_features == 3 and len(loaded.network.edges) > 0
+    )
+    assert loaded.target_indices == (0,) and loaded.data_range["protocol"] == "6:2:2"
+    out = runner.invoke(app, ["evaluate", str(ckpt), "--dataset", str(data), "--json", str(report)])
+    assert out.exit_code == 0, out.output
+    rep = json.loads(report.read_text())
+    steps = 1282  # the head of PEMS08; test = the last 20 %, windows of 12 + 12 wholly inside it
+    assert rep["protocol"] == "6:2:2" and rep["split_steps"] == [int(0.8 * steps), steps]
+    assert rep["windows"] == steps - int(0.8 * steps) - 24 + 1 and rep["targets"] == ["flow"]
+    assert len(rep["per_step"]) == 12 and all(
+        np.isfinite(r["mae"]) and r["count"] > 0 for r in rep["per_step"]
+    )
