@@ -27,7 +27,7 @@ from typing import Any
 
 from stream.datasets import datasets_root
 
-# The committed checkpoint's recipe (benchmarks/results/stformer-los-loop.json, "train.config"), with the
+# The recipe this sweep started from (the committed checkpoint's until the sweep chose lr 6e-3), with the
 # epochs a CPU run now fits in its budget and the two workers' batches as one.
 BASE: dict[str, Any] = dict(
     model="stformer",
