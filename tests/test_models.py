@@ -175,7 +175,13 @@ def test_graph_bias_is_symmetric_scaled_and_saved(tmp_path: Path) -> None:
     ],
 )
 def test_attend_equals_scaled_dot_product_attention(
-    monkeypatch: pytest.MonkeyPatch, m: int, heads: int, length: int, d: int, with_bias: bool, chunk: int | None
+    monkeypatch: pytest.MonkeyPatch,
+    m: int,
+    heads: int,
+    length: int,
+    d: int,
+    with_bias: bool,
+    chunk: int | None,
 ) -> None:
     """The CPU attention written out in chunks gives what `F.scaled_dot_product_attention` gives, values
     and gradients (the graph bias's included)."""
