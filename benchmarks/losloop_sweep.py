@@ -1,8 +1,9 @@
-"""Los-loop recipe sweep: how far one change at a time moves the STFormer from the committed CPU recipe.
+"""Los-loop recipe sweep: how far one change at a time moves the STFormer from its CPU recipe.
 
     python benchmarks/losloop_sweep.py [--workers 10] [--device cuda] [--only base-s0,mse]
 
-Each variant is the committed recipe (README "Training results") with one change, trained by the same
+Each variant is the CPU recipe the sweep started from (README "Training results" before the sweep chose
+lr 6e-3 from it, `BASE`) with one change, trained by the same
 `train_func` as `sensorcast train` for the same number of epochs a 2-core CPU fits in its 30-minute budget
 (22), with the global batch of the two CPU workers (2 x 16) in one process — so a GPU explores in minutes
 what the CPU would take hours for, with the same training dynamics. Every variant is scored on the
