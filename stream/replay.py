@@ -140,9 +140,7 @@ def plan(
                 exp.readings += int(mask[t, idx].sum())
     pool = msgs[len(late_idx) :]  # the on-time messages: duplicates and garbage are drawn from these
     n_on_time = len(pool)
-    for m in [
-        pool[j] for j in rng.choice(n_on_time, size=round(duplicate_rate * n_on_time), replace=False)
-    ]:
+    for m in [pool[j] for j in rng.choice(n_on_time, size=round(duplicate_rate * n_on_time), replace=False)]:
         msgs.append(Message(m.send_ts, m.partition, m.key, m.value))
         exp.duplicates += _count_readings(m.value)
     for j in rng.choice(n_on_time, size=round(garbage_rate * n_on_time), replace=True):

@@ -63,7 +63,8 @@ class Windower:
     caller sharing the ledger counts what it rejects before the windower (`received` + `dead_lettered`).
     """
 
-    max_scratch_cells = 1 << 22  # int64 scratch for finding duplicates over many steps (32 MB); past it, a sort
+    # int64 scratch for finding duplicates over many steps (32 MB); past it, a sort
+    max_scratch_cells = 1 << 22
 
     def __init__(
         self,
