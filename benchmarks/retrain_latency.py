@@ -55,7 +55,7 @@ def main() -> None:
         return
     import ray
 
-    from training.train import train_with_ray
+    from training.ray_train import train_with_ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     network = simulated_network(207, step_ms=300_000)

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from stream.datasets import datasets_root
-from training.train import train_func, train_with_ray
+from training.ray_train import train_with_ray
+from training.train import train_func
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 

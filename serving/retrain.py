@@ -189,7 +189,8 @@ class Retrainer:
             shutil.rmtree(meta["workdir"], ignore_errors=True)
 
     def _train(self, config: dict[str, Any]) -> dict[str, Any]:
-        from training.train import train_func, train_with_ray
+        from training.ray_train import train_with_ray
+        from training.train import train_func
 
         s = self.settings
         if s.workers > 0:

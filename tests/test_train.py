@@ -12,7 +12,8 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.predictor import Predictor
-from training.train import train_func, train_with_ray
+from training.ray_train import train_with_ray
+from training.train import train_func
 
 torch.set_num_threads(1)
 

@@ -63,7 +63,8 @@ def train(
     ] = None,
 ) -> None:
     """Train a model by the dataset's protocol; prints progress, then the validation summary."""
-    from training.train import _progress, train_func, train_with_ray
+    from training.ray_train import train_with_ray
+    from training.train import progress_line, train_func
 
     config: dict[str, Any] = {
         "dataset": str(dataset),
@@ -89,7 +90,7 @@ def train(
         console.print(f"Ray Train: {workers} workers × {cpus_per_worker} CPU{' + 1 GPU' if gpu else ''}")
         summary = train_with_ray(config, num_workers=workers, use_gpu=gpu, cpus_per_worker=cpus_per_worker)
     else:
-        summary = train_func(config, log=lambda row: console.print(_progress(row)))
+        summary = train_func(config, log=lambda row: console.print(progress_line(row)))
     console.print(
         f"[bold]{summary['version']}[/] → {out}: best val MAE {summary['val_mae']:.4f} at epoch "
         f"{summary['best_epoch']} of {summary['epochs_run']}, {summary['train_seconds']:.0f} s, "

@@ -2,8 +2,8 @@
 
 `train_func` loads the dataset, applies the field's protocol (chronological split, scaler fitted on train
 only), trains with a masked loss, early-stops on validation MAE (never on test), and has rank 0 write a
-self-describing checkpoint. `train_with_ray` runs the same function on N workers through `TorchTrainer`
-(DDP; CPU or GPU). Ray is imported only inside the Ray paths.
+self-describing checkpoint. `training.ray_train.train_with_ray` runs the same function on N workers through
+`TorchTrainer` (DDP; CPU or GPU); Ray is imported only there.
 """
 
 from __future__ import annotations
@@ -352,54 +352,7 @@ def _lr(cfg: TrainConfig, epoch: int, progress: float) -> float:
     return cfg.lr
 
 
-def train_with_ray(
-    config: dict[str, Any], *, num_workers: int = 2, use_gpu: bool = False, cpus_per_worker: float = 0.5
-) -> dict[str, Any]:
-    """Run `train_func` on `num_workers` Ray Train workers (DDP); returns the summary of the checkpoint."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    # Ray Train runs workers in their own working directory: relative paths would land there.
-    config = {
-        **config,
-        "dataset": str(Path(config["dataset"]).resolve()),
-        "out": str(Path(config["out"]).resolve()),
-    }
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(include_dashboard=False, configure_logging=False)
-    try:
-        resources: dict[str, float] = {"CPU": cpus_per_worker}
-        if use_gpu:
-            resources["GPU"] = 1
-        trainer = TorchTrainer(
-            _ray_worker,
-            train_loop_config={**config, "_ray": True, "threads": config.get("threads") or 1},
-            scaling_config=ScalingConfig(
-                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources
-            ),
-            run_config=RunConfig(name=f"sensorcast-{Path(config['out']).stem}", storage_path=_ray_storage()),
-        )
-        trainer.fit()
-    finally:
-        if started_ray:
-            ray.shutdown()
-    ckpt = load_checkpoint(config["out"])
-    return {**ckpt.extra["train"], "checkpoint": str(config["out"]), "version": ckpt.version}
-
-
-def _ray_worker(config: dict[str, Any]) -> None:
-    train_func(config, log=lambda row: print(_progress(row), flush=True))
-
-
-def _ray_storage() -> str:
-    import tempfile
-
-    return str(Path(tempfile.gettempdir()) / "sensorcast-ray-train")
-
-
-def _progress(row: dict[str, Any]) -> str:
+def progress_line(row: dict[str, Any]) -> str:
     return (
         f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val MAE {row['val_mae']:.4f}  "
         f"best {row['best_val_mae']:.4f}  {row['samples_per_s']:.0f} samples/s  {row['elapsed_s']:.0f} s"
