@@ -40,7 +40,8 @@ T0 = 1_767_225_600_000
 RESULTS = Path(__file__).parent / "results"
 
 
-def _settings(rt: EmbeddedRuntime, root: Path, *, replicas: int = 1, threads: int = 1) -> Settings:
+def _settings(rt: EmbeddedRuntime, root: Path, *, replicas: int = 1, threads: int = 1,
+              backend: str = "auto") -> Settings:  # fmt: skip
     tag = uuid.uuid4().hex[:8]
     return Settings.model_validate(
         {
@@ -49,7 +50,8 @@ def _settings(rt: EmbeddedRuntime, root: Path, *, replicas: int = 1, threads: in
             "redis": {"url": rt.redis_url, "key_prefix": f"b{tag}"},
             "archive": {"root": str(root / tag)},
             "window": {"allowed_lateness_ms": 0, "idle_timeout_ms": 600_000},
-            "ray": {"actor_num_cpus": 0.5, "replicas": replicas, "actor_torch_threads": threads},
+            "ray": {"actor_num_cpus": 0.5, "replicas": replicas, "actor_torch_threads": threads,
+                    "cpu_backend": backend},
         }
     )  # fmt: skip
 
@@ -102,14 +104,15 @@ def live(pipe: ServePipeline, producer: ReadingProducer, frames: list[Any], firs
 
 
 def run_case(rt: EmbeddedRuntime, root: Path, n: int, model: str, *, replay_steps: int, live_steps: int,
-             rate: float, replicas: int = 1, threads: int = 1) -> dict[str, Any]:  # fmt: skip
+             rate: float, replicas: int = 1, threads: int = 1, backend: str = "auto") -> dict[str, Any]:  # fmt: skip
     network = simulated_network(n, step_ms=300_000)
     spec = "baseline:persistence" if model == "persistence" else _stformer_checkpoint(network, root)
-    s = _settings(rt, root, replicas=replicas, threads=threads)
+    s = _settings(rt, root, replicas=replicas, threads=threads, backend=backend)
     ensure_topics(s.kafka, {s.kafka.readings_topic: 2, s.kafka.dead_letter_topic: 1})
     frames = _frames(network, replay_steps + live_steps + 1)
     pipe = ServePipeline(s, network, ModelSpec(spec), client_id="bench").start()
-    out: dict[str, Any] = {"sensors": n, "model": model, "replicas": replicas, "torch_threads": threads}
+    out: dict[str, Any] = {"sensors": n, "model": model, "replicas": replicas, "torch_threads": threads,
+                           "cpu_backend": backend}  # fmt: skip
     try:
         with ReadingProducer(s.kafka, network) as producer:
             for t in range(replay_steps):  # the backlog
@@ -147,32 +150,38 @@ def main() -> None:
     ap.add_argument("--sensors", type=int, nargs="*", help="only these network sizes")
     ap.add_argument("--replicas", type=int, default=1, help="forecaster actors sharing the steps")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per actor")
+    ap.add_argument("--cpu-backends", nargs="+", default=["onnx", "torch"], choices=["onnx", "torch"],
+                    help="engines of the stformer rows on a CPU, each measured in this run (ray.cpu_backend)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS / "serve.json", help="where the JSON goes")
     args = ap.parse_args()
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    cases = [
-        (207, "persistence", 300, 100, 10.0),
-        (207, "stformer", 300, 100, 10.0),
-        (1000, "persistence", 150, 50, 5.0),
-        (1000, "stformer", 100, 40, 4.0),
-        (8600, "persistence", 40, 20, 1.0),
-    ]
     import torch
 
-    if torch.cuda.is_available():  # quadratic spatial attention: ~minutes per step on 2 CPU cores
-        cases.append((8600, "stformer", 30, 10, 0.5))
+    gpu = torch.cuda.is_available()
+    backends = ["torch"] if gpu else args.cpu_backends  # the CPU engine does not apply on a GPU
+    cases = [
+        (207, "persistence", 300, 100, 10.0, "torch"),
+        *[(207, "stformer", 600, 100, 10.0, b) for b in backends],
+        (1000, "persistence", 150, 50, 5.0, "torch"),
+        *[(1000, "stformer", 100, 40, 4.0, b) for b in backends],
+        (8600, "persistence", 40, 20, 1.0, "torch"),
+    ]
+    if gpu:  # quadratic spatial attention: ~minutes per step on 2 CPU cores
+        cases.append((8600, "stformer", 30, 10, 0.5, "torch"))
     if args.quick:
-        cases = [(n, m, max(30, r // 5), max(10, live // 5), rate) for n, m, r, live, rate in cases[:4]]
+        cases = [
+            (n, m, max(30, r // 5), max(10, lv // 5), rate, b) for n, m, r, lv, rate, b in cases if n < 8600
+        ]
     if args.sensors:
         cases = [c for c in cases if c[0] in args.sensors]
     rows = []
     with EmbeddedRuntime() as rt, tempfile.TemporaryDirectory() as tmp:
-        for n, model, replay_steps, live_steps, rate in cases:
+        for n, model, replay_steps, live_steps, rate, backend in cases:
             row = run_case(
                 rt, Path(tmp), n, model, replay_steps=replay_steps, live_steps=live_steps, rate=rate,
-                replicas=args.replicas, threads=args.threads,
+                replicas=args.replicas, threads=args.threads, backend=backend,
             )  # fmt: skip
             rows.append(row)
             print(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
@@ -61,6 +61,11 @@ class RaySettings(BaseModel):
     )
     actor_max_restarts: int = Field(default=5, ge=-1)
     actor_max_task_retries: int = Field(default=3, ge=-1)
+    cpu_backend: Literal["auto", "onnx", "torch"] = Field(
+        default="auto",
+        description="engine of a learned model in a CPU actor: onnx (ONNX Runtime, checked against torch "
+        "at load), torch (eager), auto (onnx when it loads, else torch with a warning)",
+    )
     replicas: int = Field(default=1, ge=1, description="forecaster actors sharing the steps")
     pipeline_windows: int = Field(
         default=8,

@@ -73,7 +73,8 @@ class Dispatcher:
         return self.version
 
     def devices(self) -> list[str]:
-        return [i["device"] for i in ray.get([a.info.remote() for a in self.actors])]
+        """Per replica, where and how it computes: `cpu (onnx)`, `cpu (torch)`, `cuda:0 (torch)`."""
+        return [f"{i['device']} ({i['backend']})" for i in ray.get([a.info.remote() for a in self.actors])]
 
     def load(self, spec: ModelSpec) -> str:
         """Hot swap on every replica; the new version serves from the next call on."""

@@ -1,7 +1,8 @@
 """Ray forecaster actors: each hosts one model (a registry checkpoint or a baseline) and forecasts whole
 windows — one call per step or per micro-batch of steps, never per reading.
 
-The actor uses CUDA when it sees a GPU (`num_gpus` > 0 on a GPU node), the CPU otherwise. Ray restarts a
+The actor uses CUDA when it sees a GPU (`num_gpus` > 0 on a GPU node), the CPU otherwise; on a CPU a learned
+model runs in ONNX Runtime or eager torch by `ray.cpu_backend` (see `training.predictor`). Ray restarts a
 crashed actor (`max_restarts`) with its constructor's model and retries the call (`max_task_retries`); the
 dispatcher checks the version each answer carries and re-sends `load()` if a restart reverted a hot swap,
 so a step's forecast is never silently lost or made by the wrong model. `load()` swaps the model
@@ -36,19 +37,27 @@ class ModelSpec:
         return self.ref.startswith("baseline:")
 
 
-def build_predictor(spec: ModelSpec, network: Network, window: int, horizon: int) -> Any:
+def build_predictor(
+    spec: ModelSpec, network: Network, window: int, horizon: int, cpu_backend: str = "torch"
+) -> Any:
     from training.predictor import Predictor  # imported inside the actor process
 
     if spec.is_baseline:
         return Predictor.baseline(spec.ref.split(":", 1)[1], network, window=window, horizon=horizon)
-    return Predictor.from_checkpoint(spec.ref, network=network)
+    return Predictor.from_checkpoint(spec.ref, network=network, backend=cpu_backend)  # type: ignore[arg-type]
 
 
 class Forecaster:
     """The actor body (plain class, so it is testable without Ray); `ForecasterActor` is its Ray form."""
 
     def __init__(
-        self, spec: str, network: dict[str, Any], window: int, horizon: int, torch_threads: int = 1
+        self,
+        spec: str,
+        network: dict[str, Any],
+        window: int,
+        horizon: int,
+        torch_threads: int = 1,
+        cpu_backend: str = "torch",
     ) -> None:
         import torch
 
@@ -56,13 +65,16 @@ class Forecaster:
         self.network = Network.from_dict(network)
         self.window = window
         self.horizon = horizon
-        self.predictor = build_predictor(ModelSpec(spec), self.network, window, horizon)
+        self.cpu_backend = cpu_backend
+        self.predictor = build_predictor(ModelSpec(spec), self.network, window, horizon, cpu_backend)
         self.spec = spec
         self.calls = 0
 
     def load(self, spec: str) -> str:
         """Hot swap: load a new model; returns its version. The old one serves until this returns."""
-        predictor = build_predictor(ModelSpec(spec), self.network, self.window, self.horizon)
+        predictor = build_predictor(
+            ModelSpec(spec), self.network, self.window, self.horizon, self.cpu_backend
+        )
         self.predictor, self.spec = predictor, spec
         return str(predictor.version)
 
@@ -70,6 +82,7 @@ class Forecaster:
         return {
             "version": self.predictor.version,
             "device": str(self.predictor.device),
+            "backend": self.predictor.backend,
             "pid": os.getpid(),
             "calls": self.calls,
             "spec": self.spec,
@@ -95,4 +108,6 @@ def make_actor(settings: RaySettings, spec: ModelSpec, network: Network, window:
         max_restarts=settings.actor_max_restarts,
         max_task_retries=settings.actor_max_task_retries,
     )
-    return actor_cls.remote(spec.ref, network.to_dict(), window, horizon, settings.actor_torch_threads)
+    return actor_cls.remote(
+        spec.ref, network.to_dict(), window, horizon, settings.actor_torch_threads, settings.cpu_backend
+    )

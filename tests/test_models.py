@@ -199,3 +199,24 @@ def test_attend_equals_scaled_dot_product_attention(
     grads_want = torch.autograd.grad(want, leaves, upstream)
     for a, b in zip(grads_got, grads_want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_onnx_export_equals_torch_for_any_batch_size(name: str) -> None:
+    """The serving CPU engine: each learned model exports with a dynamic batch axis (traced on 3 windows)
+    and ONNX Runtime forecasts what torch does for 1 and 5 windows, masks and NaN-free inputs alike."""
+    from training.onnx_backend import OnnxModel
+
+    model = _build(name)
+    x, tf, mask, _ = _batch()
+    onnx_model = OnnxModel(model, (x, tf, mask))
+    for b, seed in ((1, 1), (5, 2)):
+        xs, tfs, masks = (
+            torch.cat([t, t2]) for t, t2 in zip(_batch(seed)[:3], _batch(seed + 10)[:3], strict=True)
+        )
+        xs, tfs, masks = xs[:b], tfs[:b], masks[:b]
+        with torch.no_grad():
+            expected = model(xs, tfs, masks).numpy()
+        got = onnx_model(xs.numpy(), tfs.numpy(), masks.numpy())
+        assert got.shape == expected.shape == (b, H, N, len(TARGETS))
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-4)

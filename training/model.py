@@ -221,14 +221,16 @@ def attend(
 ) -> torch.Tensor:
     """Scaled dot-product attention over q, k, v [M, heads, L, d], `bias` [heads, L, L] added to the logits.
 
-    On a GPU, and on a CPU for long sequences without a bias, this is `F.scaled_dot_product_attention`.
+    On a GPU, in an ONNX export and on a CPU for long sequences without a bias, this is
+    `F.scaled_dot_product_attention`.
     On a CPU two cases are much faster written out (measured at 207 sensors, window 12, one thread):
     short sequences (the temporal layers, L = 12: 2.4x; the fused kernel's per-sequence overhead
     dominates) and any bias (the spatial layers' graph bias: 3.3x; the fused kernel expands the bias
     for every sequence) — there the scores are computed a few sequences at a time, so they stay in cache.
     """
     m, heads, length, d = q.shape
-    if q.device.type != "cpu" or (bias is None and length > 32):
+    # An ONNX export traces one graph for every batch size: no chunk loop.
+    if q.device.type != "cpu" or (bias is None and length > 32) or torch.onnx.is_in_onnx_export():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     chunk = min(m, max(1, CPU_SCORES_CHUNK // (heads * length * length)))
     # [M * heads, L, d]: the chunks below are then plain contiguous slices for bmm (one copy each here,
@@ -270,7 +272,8 @@ class SelfAttentionLayer(nn.Module):
     def forward(self, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """h [M, L, D], bias [heads, L, L] added to the attention logits (or None) -> [M, L, D]."""
         m, length, d = h.shape
-        q, k, v = self.qkv(self.norm1(h)).reshape(m, length, 3, self.heads, d // self.heads).unbind(2)
+        x = h.reshape(m * length, d)  # [M*L, D]: 2-D linear layers (an ONNX export fuses their bias adds)
+        q, k, v = self.qkv(self.norm1(x)).reshape(m, length, 3, self.heads, d // self.heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [M, heads, L, d/heads]
         if self.keep_weights:
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [M, heads, L, L]
@@ -280,8 +283,8 @@ class SelfAttentionLayer(nn.Module):
         else:
             p = self.dropout.p if self.training else 0.0
             att = attend(q, k, v, bias, p, self.training)  # [M, heads, L, d/h]
-        h = h + self.dropout(self.out(att.transpose(1, 2).reshape(m, length, d)))
-        return h + self.dropout(self.ffn(self.norm2(h)))
+        x = x + self.dropout(self.out(att.transpose(1, 2).reshape(m * length, d)))
+        return (x + self.dropout(self.ffn(self.norm2(x)))).reshape(m, length, d)
 
 
 class STFormer(nn.Module):

@@ -2,11 +2,18 @@
 
 `Predictor` wraps a model (learned or baseline), its scaler and network, and turns windows of
 last-observation-filled readings into forecasts. Serving code (Ray actors) uses only this class.
+
+`backend` picks the engine of a learned model on a CPU: "torch" (eager; the default, and what
+evaluation uses), "onnx" (ONNX Runtime, `training.onnx_backend`: the model exported from its weights
+and checked against torch before use; an error when it cannot be) or "auto" (ONNX Runtime when it can
+be, else torch with a logged warning). On a GPU and for baselines it is always torch.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,9 +24,15 @@ from stream.network import Network
 from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
 from training.checkpoint import load_checkpoint
 from training.data import DAY_MS, time_features
+from training.onnx_backend import OnnxBackendError, OnnxModel, onnx_available
 from training.scaler import StandardScaler
 
 CPU_CHUNK = 1536  # sensor-windows per forward on a CPU (7 windows of 207 sensors)
+ONNX_CHUNK = 256  # sensor-windows per ONNX Runtime run (1 window of 207 sensors: fastest per window)
+BACKENDS = ("torch", "onnx", "auto")
+Backend = Literal["torch", "onnx", "auto"]
+
+log = logging.getLogger(__name__)
 
 
 class PredictorError(ValueError):
@@ -48,7 +61,10 @@ class Predictor:
         horizon: int,
         version: str,
         device: str | None = None,
+        backend: Backend = "torch",
     ) -> None:
+        if backend not in BACKENDS:
+            raise PredictorError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.device = torch.device(device or default_device())
         self.model = model.to(self.device).eval()
         self.network = network
@@ -59,6 +75,45 @@ class Predictor:
         self.version = version
         self.network_fingerprint = network.fingerprint()
         self.out_features = tuple(network.feature_names[i] for i in self.targets)
+        self.backend = "torch"
+        self._onnx: OnnxModel | None = None
+        learned = not isinstance(model, (Persistence, HistoricalAverage))
+        if backend == "onnx" and (self.device.type != "cpu" or not learned):
+            raise PredictorError(
+                f"the onnx backend runs learned models on a CPU; {version} is "
+                + ("on " + self.device.type if learned else "a baseline")
+            )
+        if backend != "torch" and learned and self.device.type == "cpu":
+            self._start_onnx(strict=backend == "onnx")
+
+    def _start_onnx(self, *, strict: bool) -> None:
+        if not onnx_available():
+            why = "onnx and onnxruntime are not installed"
+            if strict:
+                raise PredictorError(f"the onnx backend needs onnx and onnxruntime: {why}")
+            log.warning("serving with torch", extra={"model_version": self.version, "reason": why})
+            return
+        try:
+            self._onnx = OnnxModel(self.model, self._probe(), threads=torch.get_num_threads())
+        except OnnxBackendError as exc:
+            if strict:
+                raise PredictorError(str(exc)) from exc
+            log.warning("serving with torch", extra={"model_version": self.version, "reason": str(exc)})
+            return
+        self.backend = "onnx"
+
+    def _probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Two windows of scaled inputs (values, a mask with gaps, real time features) to export with and
+        to check ONNX Runtime against torch on."""
+        g = torch.Generator().manual_seed(0)
+        shape = (2, self.window, self.network.n_sensors, self.network.n_features)
+        step_ts = (
+            1_767_225_600_000
+            + np.arange(2 * self.window, dtype=np.int64).reshape(2, -1) * self.network.step_ms
+        )
+        x = torch.randn(shape, generator=g)
+        mask = (torch.rand(shape, generator=g) > 0.2).float()
+        return x * mask, torch.from_numpy(time_features(step_ts)), mask
 
     @classmethod
     def baseline(
@@ -116,7 +171,12 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, device: str | None = None, network: Network | None = None
+        cls,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        network: Network | None = None,
+        backend: Backend = "torch",
     ) -> Predictor:
         """Load a verified checkpoint (raises `CheckpointError`); with `network`, refuse a mismatch."""
         ckpt = load_checkpoint(path, network=network)
@@ -129,6 +189,7 @@ class Predictor:
             horizon=ckpt.horizon,
             version=ckpt.version,
             device=device,
+            backend=backend,
         )
 
     def _check(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> None:
@@ -141,10 +202,10 @@ class Predictor:
         if step_ts.shape != values.shape[:2]:
             raise PredictorError(f"step_ts shape {step_ts.shape}, expected {values.shape[:2]}")
 
-    def _inputs(
+    def _arrays(
         self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
-    ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Checked, scaled model inputs (x, time_features, mask) on the device, and the finite-value map."""
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Checked, scaled model inputs (x, time_features, mask) as float32 arrays, and the finite-value map."""
         values = np.asarray(values, dtype=np.float32)
         mask = np.asarray(mask)
         step_ts = np.asarray(step_ts, dtype=np.int64)
@@ -153,7 +214,14 @@ class Predictor:
         x = np.where(finite, self.scaler.transform(values), 0.0).astype(np.float32)  # [B, T, N, F]
         m = ((mask > 0) & finite).astype(np.float32)  # [B, T, N, F]
         tf = time_features(step_ts)  # [B, T, 3]
-        tensors = tuple(torch.from_numpy(a).to(self.device) for a in (x, tf, m))
+        return finite, (x, tf, m)
+
+    def _inputs(
+        self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
+    ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """`_arrays` as tensors on the device."""
+        finite, arrays = self._arrays(values, mask, step_ts)
+        tensors = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
         return finite, tensors  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -161,15 +229,33 @@ class Predictor:
         """values, mask: [B, window, N, F] in original units (values last-observation filled; NaN where never
         observed); step_ts: [B, window] int64 epoch ms UTC of each input step.
         Returns [B, horizon, N, out] float32 in original units."""
-        finite, (x, tf, m) = self._inputs(values, mask, step_ts)
-        b, n = x.shape[0], x.shape[2]
-        # On a CPU, a forward over many windows at once falls out of cache (the Los-loop STFormer, 2 threads:
-        # 7.2-7.4 ms per window in batches of 4-8, 8.5 in 16, 9.5 in 32): chunks of ~CPU_CHUNK sensor-windows.
-        step = b if self.device.type != "cpu" else max(1, CPU_CHUNK // n)
-        y = torch.cat(
-            [self.model(x[i : i + step], tf[i : i + step], m[i : i + step]) for i in range(0, b, step)]
-        )
-        out = self.scaler.inverse(y.float().cpu().numpy(), self.targets)  # [B, H, N, out]
+        if self._onnx is not None:
+            finite, (xa, tfa, ma) = self._arrays(values, mask, step_ts)
+            b, n = xa.shape[0], xa.shape[2]
+            step = max(1, ONNX_CHUNK // n)
+            parts = [
+                self._onnx(xa[i : i + step], tfa[i : i + step], ma[i : i + step]) for i in range(0, b, step)
+            ]
+            y = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        else:
+            finite, (x, tf, m) = self._inputs(values, mask, step_ts)
+            b, n = x.shape[0], x.shape[2]
+            # On a CPU, a forward over many windows at once falls out of cache (the Los-loop STFormer, 2
+            # threads: 7.2-7.4 ms per window in batches of 4-8, 8.5 in 16, 9.5 in 32): chunks of ~CPU_CHUNK
+            # sensor-windows.
+            step = b if self.device.type != "cpu" else max(1, CPU_CHUNK // n)
+            y = (
+                torch.cat(
+                    [
+                        self.model(x[i : i + step], tf[i : i + step], m[i : i + step])
+                        for i in range(0, b, step)
+                    ]
+                )
+                .float()
+                .cpu()
+                .numpy()
+            )
+        out = self.scaler.inverse(y, self.targets)  # [B, H, N, out]
         never = ~finite[..., list(self.targets)].any(axis=1)  # [B, N, out]
         out[np.broadcast_to(never[:, None], out.shape)] = np.nan
         return out.astype(np.float32)
