@@ -280,12 +280,28 @@ class ServePipeline:
             self.rolling.push(step)
             if self.rolling.ready:
                 pending.add(self.rolling, step.step_ts, sealed_at)
-        self._forecast(pending)
-        # score after forecasting: a step sealed in this batch is the target of forecasts issued earlier in it
+        to_score = deque(sealed)
         scored = False
-        for step in sealed:
-            scored |= self.online.observe(step.step_ts, step.values, step.mask) is not None
-        self.sink.write_actuals([(st.step_ts, st.values, st.mask) for st in sealed])
+        horizon_ms = self.horizon * self.network.step_ms
+
+        def score(through: int | None) -> None:
+            """Score the sealed steps up to `through` (all: None) against the forecasts that target them.
+
+            A step is the last target of the forecast issued H steps before it, so it is scored only once
+            that forecast is recorded: while a long batch is forecast, after each call's steps are
+            written (the actors compute meanwhile), and the rest at the end.
+            """
+            nonlocal scored
+            assert self.sink is not None and self.online is not None
+            ready = []
+            while to_score and (through is None or to_score[0].step_ts <= through):
+                ready.append(to_score.popleft())
+            for st in ready:
+                scored |= self.online.observe(st.step_ts, st.values, st.mask) is not None
+            self.sink.write_actuals([(st.step_ts, st.values, st.mask) for st in ready])
+
+        self._forecast(pending, on_written=lambda last_issued: score(last_issued + horizon_ms))
+        score(None)
         if scored:
             self._publish_online(sealed[-1].step_ts)
         if self.retrainer is not None:
@@ -302,12 +318,13 @@ class ServePipeline:
             step_ts, cumulative, rolling, self.online.mean_rolling_mae(self.dispatcher.version)
         )
 
-    def _forecast(self, pending: _Pending) -> int:
+    def _forecast(self, pending: _Pending, on_written: Callable[[int], None] | None = None) -> int:
         """Forecast the pending windows and write each step to Redis, in step order.
 
         A long backlog (catching up, replaying) goes in calls of `ray.pipeline_windows` windows per replica,
         and the next call is submitted before the previous one's steps are written, so the actors
-        compute while this process writes to Redis.
+        compute while this process writes to Redis. `on_written(step_ts)` follows each call's writes,
+        with its last step, while the next call computes.
         """
         if not pending.step_ts:
             return 0
@@ -322,13 +339,21 @@ class ServePipeline:
             hi = min(b, lo + size)
             calls.append((lo, self.dispatcher.submit(values[lo:hi], mask[lo:hi], ts[lo:hi])))
             if len(calls) > 1:
-                self._write_forecasts(pending, *calls.popleft())
+                self._written(pending, *calls.popleft(), on_written)
         while calls:
-            self._write_forecasts(pending, *calls.popleft())
+            self._written(pending, *calls.popleft(), on_written)
         return b
 
-    def _write_forecasts(self, pending: _Pending, first: int, call: Call) -> None:
-        """Wait for `call` (pending windows `first`, `first + 1`, ...) and write its steps."""
+    def _written(
+        self, pending: _Pending, first: int, call: Call, on_written: Callable[[int], None] | None
+    ) -> None:
+        n = self._write_forecasts(pending, first, call)
+        if on_written is not None:
+            on_written(pending.step_ts[first + n - 1])
+
+    def _write_forecasts(self, pending: _Pending, first: int, call: Call) -> int:
+        """Wait for `call` (pending windows `first`, `first + 1`, ...) and write its steps; returns how
+        many."""
         assert self.dispatcher and self.sink
         out = self.dispatcher.collect(call)  # [b, H, N, out]
         self.metrics.inference_seconds.observe(self.dispatcher.last_infer_ms / 1000)
@@ -343,6 +368,7 @@ class ServePipeline:
             self.latencies_s.append(latency)
         self.metrics.steps_forecast.inc(out.shape[0])
         self.steps_forecast += out.shape[0]
+        return int(out.shape[0])
 
     def run(
         self,
