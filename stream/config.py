@@ -59,6 +59,11 @@ class WindowSettings(BaseModel):
         default=30_000, ge=0, description="a silent partition stops holding the watermark"
     )
     agg: Literal["mean", "last", "max", "min", "median"] = "mean"
+    max_open_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="unsealed steps held before the oldest are sealed early (default: 64 MB of cells)",
+    )
 
 
 class ArchiveSettings(BaseModel):

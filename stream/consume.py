@@ -75,6 +75,7 @@ class IngestService:
             idle_timeout_ms=self.window.idle_timeout_ms,
             agg=self.window.agg,
             now=self.now,
+            max_open_steps=self.window.max_open_steps,
             resume_after_step=self.resumed_after,
             source_topic=self.kafka.readings_topic,
         )

@@ -90,7 +90,7 @@ class Ingestor:
         max_message_bytes: int = 1_048_576,
         max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
         min_ts_ms: int = MIN_TS_MS,
-        max_open_steps: int = 1024,
+        max_open_steps: int | None = None,
     ) -> None:
         self.network = network
         self.source_topic = source_topic

@@ -13,9 +13,10 @@ allowed_lateness_ms`. Steps seal in order and never backwards, and empty steps i
 sealed step are **late**: counted and returned, never aggregated. After a restart, `resume_after_step`
 (the archive's last step) makes readings for steps at or before it count as `replayed`.
 
-Memory is bounded by `max_open_steps`: when more unsealed steps than that hold readings (one partition
-racing ahead of a stalled one), the oldest are sealed early and `forced_seals` counts them. A lone
-reading far ahead opens one step, not a span, so it cannot force anything.
+Memory is bounded by `max_open_steps` (default: as many steps as `OPEN_CELLS` grid cells allow, 64 MB; at
+least 64): when more unsealed steps than that hold readings (one partition racing ahead of a stalled
+one), the oldest are sealed early and `forced_seals` counts them. A lone reading far ahead opens one
+step, not a span, so it cannot force anything.
 
 Pure Python/numpy with an injected clock: no Kafka, no I/O.
 """
@@ -32,7 +33,9 @@ from stream.openstep import OpenStep
 from stream.schema import Decoded
 from stream.step import AGGS, LateReading, SealedStep, aggregate
 
-__all__ = ["AGGS", "LateReading", "SealedStep", "Windower", "message_columns"]
+__all__ = ["AGGS", "OPEN_CELLS", "LateReading", "SealedStep", "Windower", "message_columns"]
+
+OPEN_CELLS = 8_000_000  # grid cells (sensor x feature x step, float64) unsealed steps may hold by default
 
 
 def message_columns(decoded: Decoded, n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,13 +77,15 @@ class Windower:
         idle_timeout_ms: int,
         agg: str = "mean",
         now: Callable[[], int],
-        max_open_steps: int = 1024,
+        max_open_steps: int | None = None,
         resume_after_step: int | None = None,
         ledger: Ledger | None = None,
         fill_values: np.ndarray | None = None,
     ) -> None:
         if agg not in AGGS:
             raise ValueError(f"agg must be one of {AGGS}, got {agg!r}")
+        if max_open_steps is None:
+            max_open_steps = max(64, OPEN_CELLS // (network.n_sensors * network.n_features))
         if allowed_lateness_ms < 0 or idle_timeout_ms < 0 or max_open_steps < 1:
             raise ValueError("allowed_lateness_ms and idle_timeout_ms must be >= 0, max_open_steps >= 1")
         if resume_after_step is not None and resume_after_step % network.step_ms:

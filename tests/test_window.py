@@ -9,7 +9,7 @@ from stream.ledger import Ledger
 from stream.network import Network
 from stream.rolling import RollingWindow
 from stream.schema import Decoded
-from stream.window import SealedStep, Windower
+from stream.window import OPEN_CELLS, SealedStep, Windower
 
 STEP = 1_000
 T0 = 1_700_000_000_000  # on the 1 s grid
@@ -210,6 +210,19 @@ def test_max_open_steps_forces_oldest_seals() -> None:
     assert [s.step_ts for s in sealed] == [T0 + i * STEP for i in range(7)]
     assert w.open_steps == [T0 + 7 * STEP, T0 + 8 * STEP, T0 + 9 * STEP]
     assert w.forced_seals == 7
+
+
+def test_default_open_step_bound_is_sized_by_memory() -> None:
+    """Without `max_open_steps`, unsealed steps may hold `OPEN_CELLS` grid cells: many steps for a small
+    network (a backfill of weeks across unevenly read partitions seals nothing early), few for a huge one,
+    never under 64."""
+    clock = Clock()
+    small = Windower(Network.simple("pems08-like", 170, ["flow", "occupancy", "speed"]), allowed_lateness_ms=0,
+                     idle_timeout_ms=60_000, now=clock)  # fmt: skip
+    assert small.max_open_steps == OPEN_CELLS // (170 * 3) > 7 * 288  # over a week of 5-minute steps
+    huge = Windower(Network.simple("huge", 200_000, ["speed"]), allowed_lateness_ms=0, idle_timeout_ms=60_000,
+                    now=clock)  # fmt: skip
+    assert huge.max_open_steps == 64
 
 
 def test_a_lone_reading_far_ahead_forces_nothing() -> None:
