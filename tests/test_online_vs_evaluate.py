@@ -1,7 +1,8 @@
 """Issue 6's acceptance on real data: replay the Los-loop test split through Kafka with the committed
 trained checkpoint; the online per-horizon MAE the system reports in Redis must equal what offline
 evaluation reports for the same checkpoint and split (within 0.5 %), and every step must get exactly one
-forecast from the version."""
+forecast from the version. On a CPU the actors serve through ONNX Runtime, evaluation runs eager torch:
+the test also holds the two engines to the same numbers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 import redis
+import torch
 
 from serving.config import Settings
 from serving.forecaster import ModelSpec
@@ -45,6 +47,9 @@ def test_los_loop_test_split_online_mae_equals_offline_evaluation(
     ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
     pipe = ServePipeline(s, ds.network, ModelSpec(str(CHECKPOINT)), client_id="los-loop").start()
     try:
+        assert pipe.dispatcher is not None
+        if not torch.cuda.is_available():  # the served engine is ONNX Runtime; evaluation's is torch
+            assert pipe.dispatcher.devices() == ["cpu (onnx)"] * s.ray.replicas
         with ReadingProducer(s.kafka, ds.network) as producer:
             for t in range(start, end):
                 producer.send_step(int(ds.step_ts[t]), ds.values[t], ds.mask[t].astype(bool))
