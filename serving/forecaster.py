@@ -40,11 +40,12 @@ class ModelSpec:
 def build_predictor(
     spec: ModelSpec, network: Network, window: int, horizon: int, cpu_backend: str = "torch"
 ) -> Any:
-    from training.predictor import Predictor  # imported inside the actor process
+    from training.predictor import Predictor, default_device  # imported inside the actor process
 
     if spec.is_baseline:
         return Predictor.baseline(spec.ref.split(":", 1)[1], network, window=window, horizon=horizon)
-    return Predictor.from_checkpoint(spec.ref, network=network, backend=cpu_backend)  # type: ignore[arg-type]
+    backend = cpu_backend if default_device() == "cpu" else "torch"  # the CPU engine; a GPU runs torch
+    return Predictor.from_checkpoint(spec.ref, network=network, backend=backend)  # type: ignore[arg-type]
 
 
 class Forecaster:

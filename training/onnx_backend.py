@@ -82,12 +82,15 @@ class OnnxModel:
         options.log_severity_level = 3  # errors only: its warnings go to stderr, not to our logs
         # Threads sleep between runs instead of spinning: the cores are shared with ingest and the sink.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+            self._inputs = [i.name for i in self.session.get_inputs()]  # the exporter drops unused ones
+            got = self(*(t.numpy() for t in example))
+        except Exception as exc:  # onnxruntime's own error types: the graph does not load or run
+            raise OnnxBackendError(f"ONNX Runtime could not run {type(model).__name__}: {exc}") from exc
         self.graph_bytes = len(graph)
-        self._inputs = [i.name for i in self.session.get_inputs()]  # the exporter drops unused ones
         with torch.no_grad():
             expected = model(*example).float().numpy()
-        got = self(*(t.numpy() for t in example))
         if got.shape != expected.shape:
             raise OnnxBackendError(f"ONNX Runtime output shape {got.shape}, torch {expected.shape}")
         diff = float(np.nanmax(np.abs(got - expected))) if got.size else 0.0
