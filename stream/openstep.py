@@ -9,14 +9,15 @@ Two stores that never hold the same key:
 
 A key is unique per (sensor, feature, ts), so the stores both drop duplicates (the first copy wins) and,
 merged and sorted at seal time, give a canonical order: the aggregate does not depend on arrival order,
-to the last bit. Pure numpy; no clock, no I/O.
+to the last bit. `FirstCopies` finds the duplicates among readings added together (one step's or many
+steps' at once) before they reach the stores. Pure numpy; no clock, no I/O.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["OpenStep"]
+__all__ = ["FirstCopies", "OpenStep"]
 
 
 class OpenStep:
@@ -103,3 +104,34 @@ class OpenStep:
             vals = np.concatenate([self.grid[grid_cells], vals])
         order = np.argsort(keys, kind="stable")  # by cell, then by ts
         return keys[order] // step_ms, vals[order], False
+
+
+class FirstCopies:
+    """Finds duplicates among readings added together, with a reusable int64 scratch array."""
+
+    max_scratch_cells = 1 << 22  # scratch for many steps at once (32 MB); past it, a sort
+
+    def __init__(self, n_cells: int) -> None:
+        self.n_cells = n_cells  # N * F
+        self._scratch = np.empty(n_cells, dtype=np.int64)  # grows to [steps * N * F]
+
+    def __call__(self, keys: np.ndarray, n_steps: int) -> np.ndarray | None:
+        """Marks the first of equal `keys` (`step rank * N * F + cell`, `n_steps` ranks) in arrival order;
+        None when no key repeats (the usual case, found in three operations)."""
+        n = len(keys)
+        if n < 2:
+            return None
+        size = n_steps * self.n_cells
+        if n_steps > 1 and size > self.max_scratch_cells:  # sort instead
+            first = np.zeros(n, dtype=bool)
+            first[np.unique(keys, return_index=True)[1]] = True  # a stable sort: first occurrences
+            return None if first.all() else first
+        if self._scratch.size < size:
+            self._scratch = np.empty(size, dtype=np.int64)
+        stamp, idx = self._scratch, np.arange(n)
+        stamp[keys] = idx  # every key keeps one of its positions: all kept iff no key repeats
+        if np.count_nonzero(stamp[keys] == idx) == n:
+            return None
+        stamp[keys] = n
+        np.minimum.at(stamp, keys, idx)
+        return stamp[keys] == idx

@@ -29,7 +29,7 @@ import numpy as np
 
 from stream.ledger import Ledger, PartitionCounts
 from stream.network import Network
-from stream.openstep import OpenStep
+from stream.openstep import FirstCopies, OpenStep
 from stream.schema import Decoded
 from stream.step import AGGS, LateReading, SealedStep, aggregate
 
@@ -65,9 +65,6 @@ class Windower:
     reading given to `add()`, and `windowed`, `late`, `duplicates` or `replayed` for each of them. A
     caller sharing the ledger counts what it rejects before the windower (`received` + `dead_lettered`).
     """
-
-    # int64 scratch for finding duplicates over many steps (32 MB); past it, a sort
-    max_scratch_cells = 1 << 22
 
     def __init__(
         self,
@@ -109,7 +106,7 @@ class Windower:
         self.forced_seals = 0
         self._last = np.full(self._shape, np.nan, dtype=np.float32)  # [N, F] last observed aggregate
         self._n_cells = network.n_sensors * network.n_features
-        self._scratch = np.empty(self._n_cells, dtype=np.int64)  # `_first_copies`; grows to [steps * N * F]
+        self.first_copies = FirstCopies(self._n_cells)  # duplicates among readings added together
         if fill_values is not None:
             self._last[...] = fill_values
 
@@ -213,12 +210,12 @@ class Windower:
             st = self._open[step] = OpenStep(self._n_cells)
         on_grid = dt == 0
         if on_grid.all():
-            windowed, held = st.add_grid(offsets, cells, value, self._first_copies(cells, 1))
+            windowed, held = st.add_grid(offsets, cells, value, self.first_copies(cells, 1))
             duplicates = len(cells) - windowed
         else:
             off = ~on_grid
             grid_cells = cells[on_grid]
-            first = self._first_copies(grid_cells, 1)
+            first = self.first_copies(grid_cells, 1)
             windowed, held = st.add_grid(offsets[on_grid], grid_cells, value[on_grid], first)
             w, h = st.add_keyed(offsets[off], cells[off] * self._step_ms + dt[off], value[off])
             duplicates = len(cells) - windowed - w
@@ -254,7 +251,7 @@ class Windower:
             rank = np.zeros(n, dtype=np.int64)
             rank[1:] = np.cumsum(change)
             keys = rank * self._n_cells + cells  # (step, cell), unique per step among these
-        first = self._first_copies(keys, n_steps)
+        first = self.first_copies(keys, n_steps)
         windowed = 0
         open_steps, size = self._open, self._n_cells
         for a, b in zip(starts, ends, strict=True):
@@ -269,27 +266,6 @@ class Windower:
                 windowed += k
         p.counts.windowed += windowed
         p.counts.duplicates += n - windowed
-
-    def _first_copies(self, keys: np.ndarray, n_steps: int) -> np.ndarray | None:
-        """Marks the first of equal `keys` (`step rank * N * F + cell`, `n_steps` ranks) in arrival order;
-        None when no key repeats (the usual case, found in three operations)."""
-        n = len(keys)
-        if n < 2:
-            return None
-        size = n_steps * self._n_cells
-        if n_steps > 1 and size > self.max_scratch_cells:  # sort instead
-            first = np.zeros(n, dtype=bool)
-            first[np.unique(keys, return_index=True)[1]] = True  # a stable sort: first occurrences
-            return None if first.all() else first
-        if self._scratch.size < size:
-            self._scratch = np.empty(size, dtype=np.int64)
-        stamp, idx = self._scratch, np.arange(n)
-        stamp[keys] = idx  # every key keeps one of its positions: all kept iff no key repeats
-        if np.count_nonzero(stamp[keys] == idx) == n:
-            return None
-        stamp[keys] = n
-        np.minimum.at(stamp, keys, idx)
-        return stamp[keys] == idx
 
     # -- watermark and sealing -------------------------------------------------------------------------
 

@@ -175,7 +175,7 @@ def test_columns_over_many_steps_equal_one_reading_at_a_time(
         one.add(0, i, Decoded([(T0 + k * STEP, s, f, v)]))
     many = new_windower("last")
     if sort_duplicates:
-        many.max_scratch_cells = 1
+        many.first_copies.max_scratch_cells = 1
     ts = np.array([T0 + k * STEP for k, *_ in rows], np.int64)
     cells = np.array([s * NET.n_features + f for _, s, f, _ in rows], np.int64)
     value = np.array([v for *_, v in rows], np.float64)
