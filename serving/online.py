@@ -89,10 +89,11 @@ class OnlineEvaluator:
         version, forecast = issued
         sums = self.cumulative.setdefault(version, Sums(self.horizon))
         steps = [issued_at + h * self.step_ms for h in range(1, self.horizon + 1)]
-        have = [ts in self._actuals for ts in steps]  # all True while the windower seals every step
+        # every horizon whose target step sealed (all of them while the windower seals every step); a
+        # missing target step is never guessed
+        rows = [i for i, ts in enumerate(steps) if ts in self._actuals]
         h_abs, h_sq, h_n = np.zeros(self.horizon), np.zeros(self.horizon), np.zeros(self.horizon)
-        if any(have):  # every horizon at once: [H, N, out]
-            rows = [i for i, ok in enumerate(have) if ok]  # a missing target step is never guessed
+        if rows:  # every horizon at once: [H, N, out]
             y = np.stack([self._actuals[steps[i]][0] for i in rows])
             ok = np.stack([self._actuals[steps[i]][1] for i in rows])
             pred = forecast[rows].astype(np.float64)

@@ -339,21 +339,16 @@ class ServePipeline:
             hi = min(b, lo + size)
             calls.append((lo, self.dispatcher.submit(values[lo:hi], mask[lo:hi], ts[lo:hi])))
             if len(calls) > 1:
-                self._written(pending, *calls.popleft(), on_written)
+                self._write_forecasts(pending, *calls.popleft(), on_written)
         while calls:
-            self._written(pending, *calls.popleft(), on_written)
+            self._write_forecasts(pending, *calls.popleft(), on_written)
         return b
 
-    def _written(
+    def _write_forecasts(
         self, pending: _Pending, first: int, call: Call, on_written: Callable[[int], None] | None
     ) -> None:
-        n = self._write_forecasts(pending, first, call)
-        if on_written is not None:
-            on_written(pending.step_ts[first + n - 1])
-
-    def _write_forecasts(self, pending: _Pending, first: int, call: Call) -> int:
-        """Wait for `call` (pending windows `first`, `first + 1`, ...) and write its steps; returns how
-        many."""
+        """Wait for `call` (pending windows `first`, `first + 1`, ...), write its steps, then call
+        `on_written` with the last one's step."""
         assert self.dispatcher and self.sink
         out = self.dispatcher.collect(call)  # [b, H, N, out]
         self.metrics.inference_seconds.observe(self.dispatcher.last_infer_ms / 1000)
@@ -368,7 +363,8 @@ class ServePipeline:
             self.latencies_s.append(latency)
         self.metrics.steps_forecast.inc(out.shape[0])
         self.steps_forecast += out.shape[0]
-        return int(out.shape[0])
+        if on_written is not None:
+            on_written(pending.step_ts[first + out.shape[0] - 1])
 
     def run(
         self,

@@ -87,17 +87,13 @@ class Predictor:
             self._start_onnx(strict=backend == "onnx")
 
     def _start_onnx(self, *, strict: bool) -> None:
-        if not onnx_available():
-            why = "onnx and onnxruntime are not installed"
-            if strict:
-                raise PredictorError(f"the onnx backend needs onnx and onnxruntime: {why}")
-            log.warning("serving with torch", extra={"model_version": self.version, "reason": why})
-            return
         try:
+            if not onnx_available():
+                raise OnnxBackendError("onnx and onnxruntime are not installed")
             self._onnx = OnnxModel(self.model, self._probe(), threads=torch.get_num_threads())
         except OnnxBackendError as exc:
             if strict:
-                raise PredictorError(str(exc)) from exc
+                raise PredictorError(f"the onnx backend cannot serve {self.version}: {exc}") from exc
             log.warning("serving with torch", extra={"model_version": self.version, "reason": str(exc)})
             return
         self.backend = "onnx"
