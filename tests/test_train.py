@@ -66,6 +66,28 @@ def test_early_stopping_and_time_budget(tiny_dataset: Path, tmp_path: Path) -> N
     assert summary["epochs_run"] == 1
 
 
+def test_refit_on_train_and_validation_keeps_the_final_weights(tiny_dataset: Path, tmp_path: Path) -> None:
+    config = _config(tiny_dataset, tmp_path / "m.pt", model="seq2seq", overrides={"hidden": 8}, max_batches=2)
+    held = train_func({**config, "epochs": 2})
+    assert held["fit_on"] == "train" and held["train_windows"] == 360 - 23  # windows wholly in 0..360
+    rows: list[dict[str, object]] = []
+    # Patience 1 with nothing to validate on must not stop the run: the refit runs every epoch it was given.
+    summary = train_func({**config, "epochs": 3, "patience": 1, "fit_on": "train+val"}, log=rows.append)
+    assert summary["train_windows"] == 480 - 23  # the 6:2:2 training and validation parts, 0..480
+    assert summary["epochs_run"] == summary["best_epoch"] == 3 and summary["val_mae"] is None
+    assert all(np.isnan(row["val_mae"]) for row in rows)
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert ckpt.data_range["train_steps"] == [0, 480] and ckpt.data_range["val_steps"] is None
+    assert "val_mae" not in ckpt.metrics
+    # A time budget ends a refit early and still keeps the latest weights, not the untrained ones.
+    summary = train_func({**config, "epochs": 50, "fit_on": "train+val", "time_budget_s": 0.01})
+    assert summary["epochs_run"] == summary["best_epoch"] == 1
+    with pytest.raises(ValueError, match="fit_on"):
+        train_func({**config, "fit_on": "test"})
+    with pytest.raises(ValueError, match="baseline"):
+        train_func({**config, "model": "ha", "fit_on": "train+val"})
+
+
 def test_historical_average_trains_as_a_fitted_baseline(tiny_dataset: Path, tmp_path: Path) -> None:
     summary = train_func(_config(tiny_dataset, tmp_path / "ha.pt", model="ha"))
     assert summary["epochs_run"] == 0 and summary["val_mae"] < 3.0  # noise σ = 1, daily pattern learnt

@@ -56,6 +56,14 @@ def train(
         int | None, typer.Option("--max-val-windows", help="validate on the first windows only")
     ] = None,
     patience: Annotated[int, typer.Option("--patience")] = 10,
+    fit_on: Annotated[
+        str,
+        typer.Option(
+            "--fit-on",
+            help="train: early-stop on validation; train+val: refit on both for --epochs (a recipe chosen "
+            "on validation), keeping the final weights",
+        ),
+    ] = "train",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int | None, typer.Option("--threads", help="torch threads per worker")] = None,
     overrides: Annotated[
@@ -81,6 +89,7 @@ def train(
         "ema": ema,
         "max_val_windows": max_val_windows,
         "patience": patience,
+        "fit_on": fit_on,
         "seed": seed,
         "threads": threads,
         "overrides": dict(_parse_override(o) for o in overrides or []),
@@ -91,9 +100,13 @@ def train(
         summary = train_with_ray(config, num_workers=workers, use_gpu=gpu, cpus_per_worker=cpus_per_worker)
     else:
         summary = train_func(config, log=lambda row: console.print(progress_line(row)))
+    kept = (
+        f"best val MAE {summary['val_mae']:.4f} at epoch {summary['best_epoch']} of {summary['epochs_run']}"
+        if summary["val_mae"] is not None
+        else f"refit on train+val, final epoch {summary['best_epoch']} kept"
+    )
     console.print(
-        f"[bold]{summary['version']}[/] → {out}: best val MAE {summary['val_mae']:.4f} at epoch "
-        f"{summary['best_epoch']} of {summary['epochs_run']}, {summary['train_seconds']:.0f} s, "
+        f"[bold]{summary['version']}[/] → {out}: {kept}, {summary['train_seconds']:.0f} s, "
         f"{out.stat().st_size / 1e6:.2f} MB"
     )
 
@@ -116,6 +129,10 @@ def evaluate(
     ds = load_dataset(dataset)
     ckpt = load_checkpoint(checkpoint, network=ds.network)
     predictor = Predictor.from_checkpoint(checkpoint, device=device, network=ds.network)
+    if split == "val" and ckpt.data_range.get("val_steps", []) is None:
+        console.print(
+            "[yellow]this checkpoint was refit on train+val: its validation scores are in-sample[/]"
+        )
     report = evaluate(predictor, ds, split=split)
     persistence = Predictor.baseline(
         "persistence",

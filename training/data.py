@@ -47,8 +47,10 @@ class Protocol:
     trajectory: tuple[int, ...] = (3, 6, 9, 12)  # T-GCN-style trajectory lengths reported
 
     def part(self, name: str) -> tuple[int, int]:
+        if name == "train+val":  # adjacent parts: the refit of a recipe chosen on validation
+            return self.train[0], self.val[1]
         if name not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {name!r}: expected train, val or test")
+            raise ValueError(f"unknown split {name!r}: expected train, val, train+val or test")
         return getattr(self, name)
 
     def starts(self, name: str, stride: int = 1) -> np.ndarray:

@@ -61,6 +61,10 @@ class TrainConfig:
     nice: int = 0
     device: str | None = None  # plain runs only; Ray picks the worker's device
     init_checkpoint: str | None = None  # warm start: weights of a checkpoint of the same kind and shape
+    # "train": fit on the training part, keep the epoch with the best validation MAE (early stopping).
+    # "train+val": refit on training and validation parts together for exactly `epochs` epochs and keep the
+    # final weights -- for a recipe whose epochs were chosen on validation; nothing is held out but test.
+    fit_on: str = "train"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -198,11 +202,17 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
     protocol = protocol_for(ds, window=cfg.window, horizon=cfg.horizon)
     scaler = fit_scaler(ds, protocol)
     kind = MODEL_ALIASES.get(cfg.model, cfg.model)
+    if cfg.fit_on not in ("train", "train+val"):
+        raise ValueError(f"unknown fit_on {cfg.fit_on!r}: expected train or train+val")
     d = _Dist()
     started = time.monotonic()
     history: list[dict[str, Any]] = []
-    best_epoch, best_val, samples = 0, math.nan, 0
+    best_epoch, best_val, samples, fit_windows = 0, math.nan, 0, 0
     if kind in ("persistence", "historical_average"):
+        if cfg.fit_on != "train":
+            raise ValueError(
+                f"{kind} is a baseline fitted on the training part: fit_on applies to learned models"
+            )
         model: nn.Module = (
             fit_historical_average(ds, protocol, scaler)
             if kind == "historical_average"
@@ -225,6 +235,9 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
             device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
             train_model = model.to(device)
         data = WindowData.build(ds, protocol, scaler)
+        holdout = cfg.fit_on == "train"
+        fit_starts = protocol.starts(cfg.fit_on)
+        fit_windows = len(fit_starts)
         val_starts = protocol.starts("val")[: cfg.max_val_windows][d.rank :: d.world]
         opt = torch.optim.AdamW(train_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -249,7 +262,7 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
             if cfg.schedule == "cosine" or epoch <= cfg.warmup_epochs:
                 for group in opt.param_groups:
                     group["lr"] = _lr(cfg, epoch, progress)
-            starts = np.random.default_rng(cfg.seed + epoch).permutation(protocol.starts("train"))
+            starts = np.random.default_rng(cfg.seed + epoch).permutation(fit_starts)
             per_rank = len(starts) // d.world  # equal shards: DDP needs the same number of steps everywhere
             starts = starts[d.rank * per_rank : (d.rank + 1) * per_rank]
             batches = range(0, len(starts), cfg.batch_size)
@@ -270,10 +283,13 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
                 count += len(x)
             train_s += time.monotonic() - t0
             samples += count * d.world
-            val = _validate(scored, data, val_starts, scaler, protocol.targets, device, 64, d)
-            if cfg.schedule == "plateau" and epoch > cfg.warmup_epochs:
-                sched.step(val)
-            if val < best_val:
+            if holdout:
+                val = _validate(scored, data, val_starts, scaler, protocol.targets, device, 64, d)
+                if cfg.schedule == "plateau" and epoch > cfg.warmup_epochs:
+                    sched.step(val)
+            else:  # refit on train+val: nothing is left to validate on, the latest weights are kept
+                val = math.nan
+            if not holdout or val < best_val:
                 best_val, best_epoch, stale = val, epoch, 0
                 best_state = copy.deepcopy(scored.state_dict())
             else:
@@ -308,9 +324,11 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
         model.load_state_dict(best_state)
     summary = {
         "model": kind,
+        "fit_on": cfg.fit_on,
+        "train_windows": fit_windows,
         "best_epoch": best_epoch,
         "epochs_run": len(history),
-        "val_mae": best_val,
+        "val_mae": None if math.isnan(best_val) else best_val,
         "train_seconds": round(time.monotonic() - started, 1),
         "samples_per_s": history[-1]["samples_per_s"] if history else 0.0,
         "workers": d.world,
@@ -330,10 +348,10 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
                 "protocol": protocol.name,
                 "start_ms": int(step_ts[protocol.train[0]]),
                 "end_ms": int(step_ts[protocol.val[1] - 1]),
-                "train_steps": list(protocol.train),
-                "val_steps": list(protocol.val),
+                "train_steps": list(protocol.part(cfg.fit_on)),
+                "val_steps": list(protocol.val) if cfg.fit_on == "train" else None,  # None: nothing held out
             },
-            metrics={"val_mae": best_val},
+            metrics={} if summary["val_mae"] is None else {"val_mae": best_val},
             extra={"train": {**summary, "config": asdict(cfg), "history": history}},
         )
         save_checkpoint(ckpt, cfg.out)
@@ -353,7 +371,12 @@ def _lr(cfg: TrainConfig, epoch: int, progress: float) -> float:
 
 
 def progress_line(row: dict[str, Any]) -> str:
+    val = (
+        f"val MAE {row['val_mae']:.4f}  best {row['best_val_mae']:.4f}"
+        if math.isfinite(row["val_mae"])
+        else "no validation (refit on train+val)"
+    )
     return (
-        f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val MAE {row['val_mae']:.4f}  "
-        f"best {row['best_val_mae']:.4f}  {row['samples_per_s']:.0f} samples/s  {row['elapsed_s']:.0f} s"
+        f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  {val}  "
+        f"{row['samples_per_s']:.0f} samples/s  {row['elapsed_s']:.0f} s"
     )
