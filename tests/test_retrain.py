@@ -94,6 +94,10 @@ def test_drift_triggers_retraining_and_promotion(fresh_settings: Settings, tmp_p
     # the checks below read every step's entry: the stream must hold the whole run (20 steps/s for up to
     # ~20 minutes on a loaded machine), not the default cap of 2,000
     s.redis.stream_maxlen = 100_000
+    # Rolling MAEs over a whole week: over a day, a reference taken on a weekend (rush hours damped) and one
+    # taken on a weekday differ by up to 2.7x, so which day the reference fell on decided whether a weekend
+    # after the switch broke the 480 drifting steps in a row (and drift never fired).
+    s.online.rolling_steps = 7 * 48
     network = simulated_network(8, name="drift", step_ms=STEP)
     ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
     pipe = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id="drift").start()
