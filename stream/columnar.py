@@ -63,7 +63,8 @@ class SinglesDecoder:
                 ("ts", int),
                 ("sensor", str),
                 ("values", values_type),
-                ("sensors", msgspec.Raw | msgspec.UnsetType, msgspec.UNSET),  # both kinds: not taken
+                # A batch field beside `sensor` (both kinds): any value fails to decode, so not taken.
+                ("sensors", msgspec.UnsetType, msgspec.UNSET),
             ],
             gc=False,
         )
@@ -87,13 +88,17 @@ class SinglesDecoder:
             too_big = True
         if too_big:  # not even parsed here: the per-message path rejects them unread
             raws = [r if r is not None and len(r) <= limit else None for r in raws]
-        docs = self._decode_all(raws)
-        taken = np.array([d is not None for d in docs], dtype=bool)
-        if not taken.any():
-            return Singles(
-                taken, np.zeros(m, np.int64), np.zeros(m, np.int64), np.zeros((m, self._n_features))
-            )
-        if not taken.all():
+        decode = self._decode
+        try:  # the usual case: every message decodes
+            docs: list[Any] = list(map(decode, raws))
+            taken = np.ones(m, dtype=bool)
+        except _NOT_TAKEN:  # again one by one, None where a message is not a clean single reading
+            docs = [_try(decode, r) for r in raws]
+            taken = np.array([d is not None for d in docs], dtype=bool)
+            if not taken.any():
+                return Singles(
+                    taken, np.zeros(m, np.int64), np.zeros(m, np.int64), np.zeros((m, self._n_features))
+                )
             hole = self._placeholder  # keeps one row per message; never taken
             docs = [d if d is not None else hole for d in docs]
         ts_list = [d.ts for d in docs]
@@ -112,16 +117,6 @@ class SinglesDecoder:
         taken &= (sensor >= 0) & (ts >= min_ts_ms) & (ts <= max_ts_ms)
         taken &= present.any(axis=1) & ~bad_value.any(axis=1)
         return Singles(taken, ts, sensor, values)
-
-    def _decode_all(self, raws: Sequence[bytes | None]) -> list[Any]:
-        """Decoded structs, None where a message is not a clean single reading (or no JSON at all)."""
-        decode = self._decode
-        try:
-            docs: list[Any] = list(map(decode, raws))
-        except _NOT_TAKEN:
-            docs = [_try(decode, r) for r in raws]
-        unset = msgspec.UNSET
-        return [None if d is None or d.sensors is not unset else d for d in docs]
 
 
 def _try(decode: Any, raw: bytes | None) -> Any:

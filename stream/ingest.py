@@ -218,12 +218,7 @@ class Ingestor:
     def committable(self) -> dict[int, int]:
         """Per partition, the next offset safe to commit once the steps taken from `seal()` are archived,
         the late readings from `take_late()` are logged and the dead letters are produced."""
-        out: dict[int, int] = {}
-        for p in self.windower.partitions:
-            o = self.windower.committable(p)
-            if o is not None:
-                out[p] = o
-        return out
+        return self.windower.committable_all()
 
 
 class _Run:

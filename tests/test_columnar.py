@@ -56,6 +56,13 @@ def test_bulk_path_equals_per_message_path_for_every_broken_class(raw: bytes | N
     _both_ways([clean[0], raw, clean[1], raw, clean[2]])
 
 
+def test_a_batch_field_beside_sensor_is_never_taken_in_bulk() -> None:
+    """`sensors` next to `sensor`, whatever its value (null included), is `ambiguous_kind` both ways."""
+    raws = [single(sensors=v) for v in (None, [], ["s0001"], "s0001", 0)]
+    assert not SinglesDecoder(NET, max_message_bytes=10_000).decode(raws, 0, 2**62).taken.any()
+    _both_ways([single(), *raws, single(sensor="s0001")])
+
+
 def test_bulk_path_equals_per_message_path_on_tricky_clean_messages() -> None:
     _both_ways(
         [

@@ -182,12 +182,17 @@ def test_committable_holds_smallest_open_offset() -> None:
     w.add(0, 11, Decoded())  # a message with no valid readings (dead-lettered)
     w.add(0, 12, rows((T0 + 1_100, 0, 0, 1.0)))
     assert w.committable(0) == 10
+    w.add(1, 5, rows((T0 + 1_200, 1, 0, 1.0)))
+    assert w.committable_all() == {0: 10, 1: 5}
     w.add(0, 13, rows((T0 + 1_600, 0, 0, 1.0)))
+    w.add(1, 6, rows((T0 + 1_700, 1, 0, 1.0)))
     taken = w.seal()
     assert [s.step_ts for s in taken] == [T0]
     assert w.committable(0) == 12
+    assert w.committable_all() == {0: 12, 1: 5} == {p: w.committable(p) for p in (0, 1)}
     w.flush_all()
     assert w.committable(0) == 14
+    assert w.committable_all() == {0: 14, 1: 7}
 
 
 def test_committable_ignores_duplicates_and_late() -> None:
