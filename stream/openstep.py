@@ -3,8 +3,10 @@
 Two stores that never hold the same key:
 
 * `grid`: float64 `[N * F]` by cell (`sensor * F + feature`), the readings stamped exactly at the step's
-  start (the usual case for sensors on a schedule), NaN where none arrived yet; created on first use.
-  Validated readings are finite, so NaN means "empty" and a slot is written once.
+  start (the usual case for sensors on a schedule), NaN where none arrived yet; a row of the windower's
+  `GridPool`, taken on first use and given back at seal time. Validated readings are finite, so NaN means
+  "empty" and a slot is written once. All open steps' grids are rows of one array, so the readings of
+  many steps are written in one operation.
 * `readings`: the others, keyed by `cell * step_ms + (ts - step_ts)`, `ts - step_ts > 0`.
 
 A key is unique per (sensor, feature, ts), so the stores both drop duplicates (the first copy wins) and,
@@ -17,24 +19,105 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FirstCopies", "OpenStep"]
+__all__ = ["FirstCopies", "GridPool", "OpenStep"]
+
+
+class GridPool:
+    """The open steps' dense grids: rows of one float64 `[rows, N * F]` array, NaN where empty. A row is
+    taken for a step's first reading on its grid and given back, reset to NaN, when the step seals.
+
+    The array grows by half when no row is free (copied, so rows are addressed by index and never held as
+    views) and keeps its size: at most about 1.5 times the most steps open at once, which the windower's
+    `max_open_steps` bounds."""
+
+    __slots__ = ("_free", "rows", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size  # N * F cells
+        self.rows = np.empty((0, size))
+        self._free: list[int] = []
+
+    def take(self) -> int:
+        if not self._free:
+            old = len(self.rows)
+            grown = np.full((max(8, old + old // 2), self.size), np.nan)
+            grown[:old] = self.rows
+            self.rows = grown
+            self._free = list(range(len(grown) - 1, old - 1, -1))  # lowest rows first
+        return self._free.pop()
+
+    def give_back(self, row: int) -> None:
+        self.rows[row] = np.nan
+        self._free.append(row)
+
+    def add_many(
+        self,
+        steps: list[OpenStep],
+        partition: int,
+        starts: np.ndarray,
+        rank: np.ndarray,
+        offsets: np.ndarray,
+        cells: np.ndarray,
+        value: np.ndarray,
+        first: np.ndarray | None,
+    ) -> int:
+        """`OpenStep.add_grid` for readings of several steps in one operation: readings grouped by step
+        (`starts [s]`: where each of `steps` begins; `rank [n]`: each reading's index into `steps`), in
+        arrival order within a step; `first` as in `add_grid`, over (step, cell). Returns how many were
+        windowed; the rest are duplicates."""
+        rows = np.array([st.ensure_row() for st in steps], dtype=np.int64)  # first: may grow self.rows
+        flat = self.rows.reshape(-1)  # a view: rows of one C-ordered array
+        where = rows[rank] * self.size + cells
+        keep = np.isnan(flat[where])  # the cell was empty before these readings
+        if first is not None:
+            keep &= first
+        n, windowed = len(cells), int(np.count_nonzero(keep))
+        if windowed == n:  # the usual case: every reading is new
+            flat[where] = value
+            kept = np.diff(np.r_[starts, n]).tolist()
+            held = np.minimum.reduceat(offsets, starts).tolist()
+        else:
+            flat[where[keep]] = value[keep]
+            kept = np.add.reduceat(keep.astype(np.int64), starts).tolist()
+            held = np.minimum.reduceat(np.where(keep, offsets, np.iinfo(np.int64).max), starts).tolist()
+        for st, k, h in zip(steps, kept, held, strict=True):
+            if k:
+                st.n_grid += k
+                st.hold(partition, h)
+        return windowed
 
 
 class OpenStep:
     """One unsealed step's readings (see the module docstring) and, per partition, the smallest offset
     holding one of them (what must not be committed before the step is archived)."""
 
-    __slots__ = ("first_offset", "grid", "n_grid", "readings", "size")
+    __slots__ = ("first_offset", "n_grid", "pool", "readings", "row")
 
-    def __init__(self, size: int) -> None:
-        self.size = size  # N * F cells
-        self.grid: np.ndarray | None = None
+    def __init__(self, pool: GridPool) -> None:
+        self.pool = pool
+        self.row = -1  # this step's row of `pool.rows`, -1 before its first reading on the grid
         self.n_grid = 0
         self.readings: dict[int, float] = {}
         self.first_offset: dict[int, int] = {}  # partition -> smallest offset holding a reading here
 
     def __len__(self) -> int:
         return self.n_grid + len(self.readings)
+
+    @property
+    def grid(self) -> np.ndarray | None:
+        """This step's `[N * F]` grid (a view of the pool, valid until the pool next grows), or None."""
+        return None if self.row < 0 else self.pool.rows[self.row]
+
+    def ensure_row(self) -> int:
+        if self.row < 0:
+            self.row = self.pool.take()
+        return self.row
+
+    def release(self) -> None:
+        """Give the grid back to the pool (at seal time, once the readings are read out)."""
+        if self.row >= 0:
+            self.pool.give_back(self.row)
+            self.row = -1
 
     def hold(self, partition: int, offset: int) -> None:
         first = self.first_offset.get(partition)
@@ -49,9 +132,8 @@ class OpenStep:
         steps at once). Returns (windowed, smallest offset kept); the rest are duplicates."""
         if not len(cells):
             return 0, None
-        if self.grid is None:
-            self.grid = np.full(self.size, np.nan)
-        grid = self.grid
+        row = self.ensure_row()  # first: taking a row may grow (replace) pool.rows
+        grid = self.pool.rows[row]
         keep = np.isnan(grid[cells])  # [n] the cell was empty before these readings
         if first is not None:
             keep &= first
@@ -90,18 +172,18 @@ class OpenStep:
     def readings_by_cell(self, step_ms: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """`(cells, values, one_each)`: every reading, sorted by cell and then by ts; `one_each` when each
         cell has exactly one (only on-grid readings), so the values are the aggregates."""
-        grid_cells = np.flatnonzero(~np.isnan(self.grid)) if self.grid is not None else np.empty(0, np.int64)
+        grid = self.grid
+        grid_cells = np.flatnonzero(~np.isnan(grid)) if grid is not None else np.empty(0, np.int64)
         if not self.readings:  # already in cell order
-            assert self.grid is not None or not len(grid_cells)
-            vals = self.grid[grid_cells] if self.grid is not None else np.empty(0)
+            vals = grid[grid_cells] if grid is not None else np.empty(0)
             return grid_cells, vals, True
         m = len(self.readings)
         keys = np.fromiter(self.readings.keys(), dtype=np.int64, count=m)
         vals = np.fromiter(self.readings.values(), dtype=np.float64, count=m)
         if len(grid_cells):
-            assert self.grid is not None
+            assert grid is not None
             keys = np.concatenate([grid_cells * step_ms, keys])
-            vals = np.concatenate([self.grid[grid_cells], vals])
+            vals = np.concatenate([grid[grid_cells], vals])
         order = np.argsort(keys, kind="stable")  # by cell, then by ts
         return keys[order] // step_ms, vals[order], False
 

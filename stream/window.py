@@ -16,7 +16,7 @@ sealed step are **late**: counted and returned, never aggregated. After a restar
 Memory is bounded by `max_open_steps` (default: as many steps as `OPEN_CELLS` grid cells allow, 64 MB; at
 least 64): when more unsealed steps than that hold readings (one partition racing ahead of a stalled
 one), the oldest are sealed early and `forced_seals` counts them. A lone reading far ahead opens one
-step, not a span, so it cannot force anything.
+step, not a span, so it cannot force anything. The grids share one pooled array (`openstep.GridPool`).
 
 Pure Python/numpy with an injected clock: no Kafka, no I/O.
 """
@@ -29,7 +29,7 @@ import numpy as np
 
 from stream.ledger import Ledger, PartitionCounts
 from stream.network import Network
-from stream.openstep import FirstCopies, OpenStep
+from stream.openstep import FirstCopies, GridPool, OpenStep
 from stream.schema import Decoded
 from stream.step import AGGS, LateReading, SealedStep, aggregate
 
@@ -107,6 +107,7 @@ class Windower:
         self._last = np.full(self._shape, np.nan, dtype=np.float32)  # [N, F] last observed aggregate
         self._n_cells = network.n_sensors * network.n_features
         self.first_copies = FirstCopies(self._n_cells)  # duplicates among readings added together
+        self._grids = GridPool(self._n_cells)  # the open steps' dense grids
         if fill_values is not None:
             self._last[...] = fill_values
 
@@ -207,7 +208,7 @@ class Windower:
             return
         st = self._open.get(step)
         if st is None:
-            st = self._open[step] = OpenStep(self._n_cells)
+            st = self._open[step] = OpenStep(self._grids)
         on_grid = dt == 0
         if on_grid.all():
             windowed, held = st.add_grid(offsets, cells, value, self.first_copies(cells, 1))
@@ -238,32 +239,34 @@ class Windower:
         value: np.ndarray,
     ) -> None:
         """`add_columns` for readings all at their step's start, in steps not sealed yet: duplicates are
-        found for all the steps at once, then each step's readings go into its grid in one operation."""
+        found for all the steps at once, and the readings of all the steps go into their grids (rows of
+        one `GridPool` array) in one operation."""
         n = len(cells)
+        open_steps, pool = self._open, self._grids
         if one_step:
-            starts, ends, keys, n_steps = [0], [n], cells, 1
+            step = int(steps[0])
+            st = open_steps.get(step)
+            if st is None:
+                st = open_steps[step] = OpenStep(pool)
+            windowed, held = st.add_grid(offsets, cells, value, self.first_copies(cells, 1))
+            if windowed:
+                assert held is not None
+                st.hold(partition, held)
         else:
             order = np.argsort(steps, kind="stable")  # group by step, arrival order kept within each
             steps, offsets, cells, value = steps[order], offsets[order], cells[order], value[order]
             change = steps[1:] != steps[:-1]
-            bounds = (np.flatnonzero(change) + 1).tolist()
-            starts, ends, n_steps = [0, *bounds], [*bounds, n], len(bounds) + 1
+            starts = np.flatnonzero(np.r_[True, change])
             rank = np.zeros(n, dtype=np.int64)
             rank[1:] = np.cumsum(change)
-            keys = rank * self._n_cells + cells  # (step, cell), unique per step among these
-        first = self.first_copies(keys, n_steps)
-        windowed = 0
-        open_steps, size = self._open, self._n_cells
-        for a, b in zip(starts, ends, strict=True):
-            step = int(steps[a])
-            st = open_steps.get(step)
-            if st is None:
-                st = open_steps[step] = OpenStep(size)
-            k, held = st.add_grid(offsets[a:b], cells[a:b], value[a:b], None if first is None else first[a:b])
-            if k:
-                assert held is not None
-                st.hold(partition, held)
-                windowed += k
+            first = self.first_copies(rank * self._n_cells + cells, len(starts))  # keys: (step, cell)
+            sts = []
+            for step in steps[starts].tolist():
+                st = open_steps.get(step)
+                if st is None:
+                    st = open_steps[step] = OpenStep(pool)
+                sts.append(st)
+            windowed = pool.add_many(sts, partition, starts, rank, offsets, cells, value, first)
         p.counts.windowed += windowed
         p.counts.duplicates += n - windowed
 
@@ -347,11 +350,14 @@ class Windower:
         st = self._open.pop(step, None)
         mask = np.zeros(self._shape, dtype=np.uint8)  # [N, F]
         if st is None or not len(st):
+            if st is not None:
+                st.release()
             return SealedStep(step, self._last.copy(), mask, 0)
         n = len(st)
         flat_last = self._last.reshape(-1)  # [N * F] view
         flat_mask = mask.reshape(-1)
-        cells, vals, one_each = st.readings_by_cell(self._step_ms)
+        cells, vals, one_each = st.readings_by_cell(self._step_ms)  # copies: the grid row can go back
+        st.release()
         if one_each:  # one reading per cell: it is the aggregate
             flat_last[cells] = vals
             flat_mask[cells] = 1

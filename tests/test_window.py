@@ -316,3 +316,33 @@ def test_a_partition_with_unread_data_is_not_idle_after_a_stall() -> None:
     assert w.watermark() == T0
     clock.t += 60_000
     assert w.seal(), "without keep_active, a silent partition does time out"
+
+
+def test_grid_rows_are_reused_clean_after_sealing() -> None:
+    """Open steps' grids are rows of one pooled array: a row given back at seal time must come back empty
+    (no reading of the step that held it before), also when the pool grew while steps were open."""
+    w = windower(allowed_lateness_ms=0)
+    rng = np.random.default_rng(3)
+    expect: dict[int, np.ndarray] = {}  # step index -> [N, F] values, NaN where no reading
+    sealed: list[SealedStep] = []
+    for lo, hi in [(0, 20), (20, 45), (45, 50), (50, 90)]:  # 20, then 25 open steps: the pool grows
+        ks = np.arange(lo, hi).repeat(NET.n_sensors * NET.n_features)
+        cells = np.tile(np.arange(NET.n_sensors * NET.n_features), hi - lo)
+        present = rng.random(len(cells)) < 0.4  # sparse: a leaked value would show as mask 1
+        ks, cells = ks[present], cells[present]
+        value = rng.integers(1, 100, len(cells)).astype(np.float64)
+        for k in range(lo, hi):
+            grid = np.full(NET.n_sensors * NET.n_features, np.nan)
+            grid[cells[ks == k]] = value[ks == k]
+            expect[k] = grid.reshape(NET.n_sensors, NET.n_features)
+        offsets = np.arange(lo * 100, lo * 100 + len(cells), dtype=np.int64)
+        w.add_columns(0, offsets, T0 + ks * STEP, cells, value, last_offset=hi * 100)
+        w.add_columns(0, offsets, T0 + ks * STEP, cells, value + 1, last_offset=hi * 100)  # all duplicates
+        sealed += w.seal()
+    sealed += w.flush_all()
+    assert [s.step_ts for s in sealed] == [T0 + k * STEP for k in range(90)]
+    for k, s in enumerate(sealed):
+        np.testing.assert_array_equal(s.mask, ~np.isnan(expect[k]))
+        np.testing.assert_array_equal(s.values[s.mask == 1], expect[k][~np.isnan(expect[k])])
+    c = w.ledger.partition(0)
+    assert c.windowed == c.duplicates == sum(int((~np.isnan(g)).sum()) for g in expect.values())
