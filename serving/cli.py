@@ -28,6 +28,7 @@ from serving.cli_common import (
     ray_session,
     runtime,
     settings_from,
+    settle_heap,
 )
 from serving.cli_models import models_app
 from serving.cli_ops import forecasts, ingest, replay, simulate
@@ -115,6 +116,7 @@ def demo(
                                   registry=data_dir / "registry").url  # fmt: skip
             console.print(f"dashboard: [bold]{url}[/bold]")
         producer = threading.Thread(target=produce, name="simulator", daemon=True)
+        settle_heap()
         producer.start()
         view = LiveView(console, pipeline, show=show, started=t_start)
         try:
@@ -174,6 +176,7 @@ def serve(
     with runtime(settings) as settings, ray_session(settings):
         network = network_for(settings, sensors)
         pipeline = ServePipeline(settings, network, ModelSpec(model)).start(serve_metrics=True)
+        settle_heap()
         console.print(f"serving {network.name} ({network.n_sensors} sensors) from {settings.kafka.bootstrap}, "
                       f"metrics on :{pipeline.metrics_port}")  # fmt: skip
         try:

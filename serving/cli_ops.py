@@ -18,6 +18,7 @@ from serving.cli_common import (
     console,
     network_for,
     settings_from,
+    settle_heap,
 )
 from stream.network import Network
 
@@ -124,6 +125,7 @@ def ingest(
     metrics.attach_ledger(svc.ingestor.ledger.snapshot)
     port = metrics.serve(settings.metrics.port, settings.metrics.host)
     logging.getLogger("sensorcast").info("ingest metrics", extra={"port": port})
+    settle_heap()
     last_input = time.monotonic()
     try:
         while True:

@@ -3,13 +3,17 @@ session's broker and Redis), ending with forecasts for every sensor in Redis."""
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import subprocess
 import sys
 import uuid
+import weakref
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 
 from serving.embedded import EmbeddedRuntime
@@ -76,3 +80,22 @@ def test_models_commands_list_promote_and_rollback(tmp_path: Path) -> None:
     assert [h["version"] for h in reg.history()] == ["v0001", "v0002", "v0001"]
     out = runner.invoke(app, ["models", "show", "v0002", "--registry", str(root)])
     assert out.exit_code == 0 and "a copy for the test" in out.output
+
+
+def test_settle_heap_freezes_what_a_command_started_with(caplog: pytest.LogCaptureFixture) -> None:
+    """Long-running commands freeze their start-up heap once started; the log says how much."""
+    from serving.cli_common import settle_heap
+
+    garbage: list[object] = []
+    garbage.append(garbage)  # a cycle: collected first, not frozen
+    ref = weakref.ref(Cycle := type("Cycle", (), {}))
+    del garbage, Cycle
+    try:
+        with caplog.at_level(logging.INFO, logger="sensorcast"):
+            settle_heap()
+        assert ref() is None  # the collection ran before the freeze
+        assert gc.get_freeze_count() > 10_000  # this test process's imports
+        (rec,) = [r for r in caplog.records if r.getMessage() == "heap settled"]
+        assert rec.frozen_objects > 10_000  # type: ignore[attr-defined]
+    finally:
+        gc.unfreeze()
