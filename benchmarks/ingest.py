@@ -257,6 +257,10 @@ def lockstep(raw: RawSide, ing: IngestSide, n_messages: int) -> tuple[float, flo
     finally:
         for side in sides:
             side.close()
+    if not all(msgs):
+        raise RuntimeError(
+            f"lockstep: a side read the whole topic in its first poll ({msgs}); use more steps"
+        )
     return 1e6 * cpu[0] / msgs[0], 1e6 * cpu[1] / msgs[1]
 
 
