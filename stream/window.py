@@ -160,10 +160,10 @@ class Windower:
         steps = ts - dt
         late: list[LateReading] = []
         lo, hi = int(steps.min()), int(steps.max())
-        if lo > self._sealed and not np.count_nonzero(dt):  # the hot path: on the grid, steps all open
-            self._add_on_grid(p, partition, lo == hi, steps, offsets, cells, value)
-        elif lo == hi:  # one step
+        if lo == hi:  # one step
             self._add_step(p, partition, lo, offsets, dt, cells, value, late)
+        elif lo > self._sealed and not np.count_nonzero(dt):  # the hot path: on the grid, steps all open
+            self._add_on_grid(p, partition, steps, offsets, cells, value)
         else:  # group by step, arrival order kept within each (a stable sort)
             order = np.argsort(steps, kind="stable")
             steps, offsets, dt, cells, value = (
@@ -232,41 +232,30 @@ class Windower:
         self,
         p: _Partition,
         partition: int,
-        one_step: bool,
         steps: np.ndarray,
         offsets: np.ndarray,
         cells: np.ndarray,
         value: np.ndarray,
     ) -> None:
-        """`add_columns` for readings all at their step's start, in steps not sealed yet: duplicates are
-        found for all the steps at once, and the readings of all the steps go into their grids (rows of
-        one `GridPool` array) in one operation."""
+        """`add_columns` for readings of several steps, all at their step's start, in steps not sealed yet:
+        duplicates are found for all the steps at once, and the readings of all the steps go into their
+        grids (rows of one `GridPool` array) in one operation."""
         n = len(cells)
         open_steps, pool = self._open, self._grids
-        if one_step:
-            step = int(steps[0])
+        order = np.argsort(steps, kind="stable")  # group by step, arrival order kept within each
+        steps, offsets, cells, value = steps[order], offsets[order], cells[order], value[order]
+        change = steps[1:] != steps[:-1]
+        starts = np.flatnonzero(np.r_[True, change])
+        rank = np.zeros(n, dtype=np.int64)
+        rank[1:] = np.cumsum(change)
+        first = self.first_copies(rank * self._n_cells + cells, len(starts))  # keys: (step, cell)
+        sts = []
+        for step in steps[starts].tolist():
             st = open_steps.get(step)
             if st is None:
                 st = open_steps[step] = OpenStep(pool)
-            windowed, held = st.add_grid(offsets, cells, value, self.first_copies(cells, 1))
-            if windowed:
-                assert held is not None
-                st.hold(partition, held)
-        else:
-            order = np.argsort(steps, kind="stable")  # group by step, arrival order kept within each
-            steps, offsets, cells, value = steps[order], offsets[order], cells[order], value[order]
-            change = steps[1:] != steps[:-1]
-            starts = np.flatnonzero(np.r_[True, change])
-            rank = np.zeros(n, dtype=np.int64)
-            rank[1:] = np.cumsum(change)
-            first = self.first_copies(rank * self._n_cells + cells, len(starts))  # keys: (step, cell)
-            sts = []
-            for step in steps[starts].tolist():
-                st = open_steps.get(step)
-                if st is None:
-                    st = open_steps[step] = OpenStep(pool)
-                sts.append(st)
-            windowed = pool.add_many(sts, partition, starts, rank, offsets, cells, value, first)
+            sts.append(st)
+        windowed = pool.add_many(sts, partition, starts, rank, offsets, cells, value, first)
         p.counts.windowed += windowed
         p.counts.duplicates += n - windowed
 
@@ -376,11 +365,7 @@ class Windower:
         The smallest offset holding a reading in a still-open step, else last seen offset + 1; None for a
         partition never seen.
         """
-        p = self._parts.get(partition)
-        if p is None:
-            return None
-        held = [o for st in self._open.values() if (o := st.first_offset.get(partition)) is not None]
-        return min(held) if held else p.last_offset + 1
+        return self.committable_all().get(partition)
 
     def committable_all(self) -> dict[int, int]:
         """`committable()` of every partition seen, in one pass over the open steps."""
