@@ -18,7 +18,10 @@ The clock starts after the first non-empty poll is processed (the group join, ~h
 timeout on Tansu, is not throughput) and stops when the last message is processed; the messages of that
 first poll are not counted. Every measurement is repeated; the best and the median are reported with the
 load average, because the 2-core machine runs the broker too and is shared. Each starts from a settled
-heap (`settle`: collect, then `gc.freeze`), the same for every kind of run.
+heap (`settle_heap`, as the long-running commands do once started: collect, then `gc.freeze`), the same
+for every kind of run; otherwise each full collection also walks the ~87k objects there before the run,
+and where the few per run fell swayed a paired comparison more than the code did (lockstep pairs
+0.74-0.94 unsettled, 0.79-0.83 settled).
 
 Run-to-run noise here is large (kafka-python's own cost per message moves ±30 % between runs a few
 seconds apart), so two paired figures sit beside the rates:
@@ -33,7 +36,6 @@ Prints a table and writes benchmarks/results/ingest.json.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -50,6 +52,7 @@ import numpy as np
 import orjson
 import pyarrow
 
+from serving.cli_common import settle_heap
 from serving.embedded import EmbeddedRuntime
 from stream.archive import Archive
 from stream.config import KafkaSettings, WindowSettings
@@ -118,15 +121,6 @@ def _check_end(consumer: Any, n_messages: int) -> None:
     high = sum(consumer.highwater(tp) or 0 for tp in consumer.assignment())
     if high != n_messages:
         raise RuntimeError(f"high-water marks add up to {high} messages, {n_messages} were published")
-
-
-def settle() -> None:
-    """Before each measurement: collect, then freeze what survives (imports, the dataset, the broker
-    client's metadata: ~87k objects) into the permanent generation, for every kind of run alike.
-    Otherwise each full collection walks that heap too, and where the few per run fall swayed a paired
-    comparison more than the code did (lockstep pairs 0.74-0.94 unsettled, 0.79-0.83 settled)."""
-    gc.collect()
-    gc.freeze()
 
 
 def _deadline_passed(t_start: float, what: str, got: int, want: int) -> None:
@@ -209,7 +203,7 @@ class IngestSide:
 
 def consume(side: RawSide | IngestSide, n_messages: int) -> Timed:
     """Read the whole topic with one side; the clock starts after its first non-empty poll."""
-    settle()
+    settle_heap()
     out, seen, first, t_start = Timed(), 0, -1, time.monotonic()
     try:
         while seen < n_messages:
@@ -235,7 +229,7 @@ def lockstep(raw: RawSide, ing: IngestSide, n_messages: int) -> tuple[float, flo
     background load at every moment; returns each one's CPU µs per message of this (the main) thread,
     counted after its first non-empty poll. kafka-python's I/O threads (one per consumer) are left out
     of both."""
-    settle()
+    settle_heap()
     sides = [raw, ing]
     seen, msgs, cpu, started = [0, 0], [0, 0], [0.0, 0.0], [False, False]
     t_start = time.monotonic()
@@ -269,7 +263,7 @@ def consume_service(settings: KafkaSettings, ds: SensorDataset, n_readings: int,
     window = WindowSettings(allowed_lateness_ms=LATENESS_MS, idle_timeout_ms=600_000)
     svc = IngestService(settings, window, Archive(root / uuid.uuid4().hex, ds.network), ds.network)
     svc.start()
-    settle()
+    settle_heap()
     assert svc.ingestor is not None
     ledger = svc.ingestor.ledger
     out, first, t_start = Timed(), -1, time.monotonic()
