@@ -40,8 +40,15 @@ T0 = 1_767_225_600_000
 RESULTS = Path(__file__).parent / "results"
 
 
-def _settings(rt: EmbeddedRuntime, root: Path, *, replicas: int = 1, threads: int = 1,
-              backend: str = "auto") -> Settings:  # fmt: skip
+def _settings(
+    rt: EmbeddedRuntime,
+    root: Path,
+    *,
+    replicas: int = 1,
+    threads: int = 1,
+    backend: str = "auto",
+    actor_resources: dict[str, float] | None = None,
+) -> Settings:
     tag = uuid.uuid4().hex[:8]
     return Settings.model_validate(
         {
@@ -51,7 +58,7 @@ def _settings(rt: EmbeddedRuntime, root: Path, *, replicas: int = 1, threads: in
             "archive": {"root": str(root / tag)},
             "window": {"allowed_lateness_ms": 0, "idle_timeout_ms": 600_000},
             "ray": {"actor_num_cpus": 0.5, "replicas": replicas, "actor_torch_threads": threads,
-                    "cpu_backend": backend},
+                    "cpu_backend": backend, "actor_resources": actor_resources or {}},
         }
     )  # fmt: skip
 
@@ -103,11 +110,25 @@ def live(pipe: ServePipeline, producer: ReadingProducer, frames: list[Any], firs
     return np.array(pipe.latencies_s) * 1000
 
 
-def run_case(rt: EmbeddedRuntime, root: Path, n: int, model: str, *, replay_steps: int, live_steps: int,
-             rate: float, replicas: int = 1, threads: int = 1, backend: str = "auto") -> dict[str, Any]:  # fmt: skip
+def run_case(
+    rt: EmbeddedRuntime,
+    root: Path,
+    n: int,
+    model: str,
+    *,
+    replay_steps: int,
+    live_steps: int,
+    rate: float,
+    replicas: int = 1,
+    threads: int = 1,
+    backend: str = "auto",
+    actor_resources: dict[str, float] | None = None,
+) -> dict[str, Any]:
     network = simulated_network(n, step_ms=300_000)
     spec = "baseline:persistence" if model == "persistence" else _stformer_checkpoint(network, root)
-    s = _settings(rt, root, replicas=replicas, threads=threads, backend=backend)
+    s = _settings(
+        rt, root, replicas=replicas, threads=threads, backend=backend, actor_resources=actor_resources
+    )
     ensure_topics(s.kafka, {s.kafka.readings_topic: 2, s.kafka.dead_letter_topic: 1})
     frames = _frames(network, replay_steps + live_steps + 1)
     pipe = ServePipeline(s, network, ModelSpec(spec), client_id="bench").start()

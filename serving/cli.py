@@ -8,12 +8,14 @@ runs ingest + forecaster actors + sink against configured servers; `simulate` on
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from serving import logs
@@ -32,11 +34,20 @@ from serving.cli_common import (
 )
 from serving.cli_models import models_app
 from serving.cli_ops import forecasts, ingest, replay, simulate
+from serving.config import ConfigError
 from serving.dashboard.command import dashboard as dashboard_command
 from serving.embedded import rss_mb
 from serving.forecaster import ModelSpec
 from serving.plots import plot_app
+from serving.sink import SinkUnavailable
+from stream.archive import ArchiveMismatch
+from stream.datasets import DatasetError
+from stream.kafka_io import BrokerUnavailable
+from stream.network import NetworkError
+from stream.storage import StorageError
+from training.checkpoint import CheckpointError
 from training.cli import app as training_app
+from training.registry import RegistryError
 
 app = typer.Typer(help="sensorcast: streaming forecasts for sensor networks.", no_args_is_help=True)
 app.registered_commands.extend(training_app.registered_commands)  # train, evaluate, explain
@@ -87,8 +98,8 @@ def demo(
     logs.configure(log_level)
     t_start = time.monotonic()
     settings = settings_from(
-        config, bootstrap, redis_url, ray_address, archive={"root": data_dir / "archive"},
-        retrain={**DEMO_RETRAIN, "enabled": retrain, "registry": data_dir / "registry"},
+        config, bootstrap, redis_url, ray_address, archive={"root": str(data_dir / "archive")},
+        retrain={**DEMO_RETRAIN, "enabled": retrain, "registry": str(data_dir / "registry")},
     )  # fmt: skip
     with runtime(settings) as settings, ray_session(settings):
         if not bootstrap:  # the embedded broker starts empty: so do the archive and the registry
@@ -149,13 +160,17 @@ def _embedded_rss() -> dict[str, float]:
 def serve(
     model: Annotated[
         str,
-        typer.Option(help="baseline:persistence, a checkpoint file, a registry folder or REGISTRY:VERSION"),
+        typer.Option(
+            help="baseline:persistence, a checkpoint or a registry (path or URI), or REGISTRY:VERSION"
+        ),
     ] = "baseline:persistence",
     sensors: Annotated[int, typer.Option(help="simulated network size when no --network file is given")] = 20,
     retrain: Annotated[
         bool | None, typer.Option(help="retrain and hot-swap (default: from settings)")
     ] = None,
-    registry: Annotated[Path | None, typer.Option(help="registry folder for retraining")] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="registry for retraining: a folder or URI (s3://bucket/prefix)")
+    ] = None,
     network_file: Annotated[Path | None, typer.Option("--network", help="network TOML/JSON")] = None,
     duration: Annotated[float, typer.Option(help="seconds to run (0 = until Ctrl-C)")] = 0.0,
     bootstrap: Bootstrap = None,
@@ -187,5 +202,37 @@ def serve(
             pipeline.close()
 
 
+# Errors a user fixes by changing a setting, a file or a server: one line naming it, no stack trace
+# (`--log-level debug` keeps the trace in the log).
+_USER_ERRORS: tuple[type[Exception], ...] = (
+    StorageError,
+    BrokerUnavailable,
+    DatasetError,
+    NetworkError,
+    ArchiveMismatch,
+    CheckpointError,
+    RegistryError,
+    ConfigError,
+    SinkUnavailable,
+)
+
+
+def main() -> None:
+    """The `sensorcast` entry point: `app` with configuration and infrastructure errors as one line."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+    except _USER_ERRORS as exc:
+        logging.getLogger("sensorcast").debug("failed", exc_info=True)
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -100,7 +100,7 @@ def forecasts(
 
 def ingest(
     network_file: Annotated[Path, typer.Option("--network", help="network TOML/JSON")],
-    archive: Annotated[Path, typer.Option(help="archive root (Parquet sealed steps + late log)")],
+    archive: Annotated[str, typer.Option(help="archive root: a folder or URI (s3://bucket/prefix)")],
     until_idle: Annotated[
         float, typer.Option(help="stop after this many seconds without input (0 = never)")
     ] = 0.0,
@@ -116,7 +116,11 @@ def ingest(
     settings = broker_settings("ingest", config, bootstrap, log_level)
     network = Network.load(network_file)
     svc = IngestService(
-        settings.kafka, settings.window, Archive(archive, network), network, client_id=client_id
+        settings.kafka,
+        settings.window,
+        Archive(archive, network, settings.storage),
+        network,
+        client_id=client_id,
     )
     svc.start()
     from serving.metrics import ServeMetrics

@@ -21,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from stream.config import ArchiveSettings, KafkaSettings, WindowSettings
+from stream.config import ArchiveSettings, KafkaSettings, StorageSettings, WindowSettings
 
 
 class RedisSettings(BaseModel):
@@ -56,6 +56,10 @@ class RaySettings(BaseModel):
     )
     actor_num_cpus: float = Field(default=0.25, gt=0)
     actor_num_gpus: float = Field(default=0.0, ge=0, description="fraction of a GPU per forecaster actor")
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each forecaster actor requires (pins it to nodes)",
+    )
     actor_torch_threads: int = Field(
         default=1, ge=1, description="torch CPU threads per forecaster actor (intra-op parallelism)"
     )
@@ -87,7 +91,14 @@ class RetrainSettings(BaseModel):
     """When and how to retrain; `enabled=False` turns the loop off."""
 
     enabled: bool = False
-    registry: Path = Path("sensorcast-data/registry")
+    registry: str = Field(
+        default="sensorcast-data/registry",
+        description="a local folder (one machine only) or a URI every node can read: s3://bucket/prefix",
+    )
+    storage_path: str | None = Field(
+        default=None,
+        description="Ray Train storage (checkpoints reported by the workers); None = <registry>/ray-train",
+    )
     every_steps: int = Field(default=0, ge=0, description="retrain every K sealed steps (0 = off)")
     interval_s: float = Field(default=0.0, ge=0, description="retrain every so many seconds (0 = off)")
     drift_margin: float = Field(default=0.25, ge=0, description="rolling MAE above reference by this share")
@@ -112,6 +123,10 @@ class RetrainSettings(BaseModel):
     time_budget_s: float = Field(default=120.0, gt=0)
     workers: int = Field(default=2, ge=0, description="Ray Train workers (0 = train in-process)")
     cpus_per_worker: float = Field(default=0.5, gt=0)
+    use_gpu: bool = Field(default=False, description="one GPU per Ray Train worker")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each training worker requires"
+    )
     nice: int = Field(
         default=10,
         ge=0,
@@ -142,6 +157,7 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     window: WindowSettings = WindowSettings()
     archive: ArchiveSettings = ArchiveSettings()
+    storage: StorageSettings = StorageSettings()
     metrics: MetricsSettings = MetricsSettings()
     online: OnlineSettings = OnlineSettings()
     retrain: RetrainSettings = RetrainSettings()

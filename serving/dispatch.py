@@ -18,7 +18,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from serving.forecaster import ModelSpec
+from serving.forecaster import ModelSpec, Shipment
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,18 @@ class Call:
 
 
 class Dispatcher:
-    def __init__(self, actors: Sequence[Any], spec: ModelSpec, *, call_timeout_s: float = 60.0,
-                 retry_deadline_s: float = 120.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        actors: Sequence[Any],
+        shipment: Shipment,
+        *,
+        call_timeout_s: float = 60.0,
+        retry_deadline_s: float = 120.0,
+    ) -> None:
         if not actors:
             raise ValueError("the dispatcher needs at least one forecaster actor")
         self.actors = list(actors)
-        self.spec = spec
+        self.shipment = shipment  # kept: a restarted actor is sent it again
         self.call_timeout_s = call_timeout_s
         self.retry_deadline_s = retry_deadline_s
         self.version: str = ""
@@ -74,14 +80,23 @@ class Dispatcher:
 
     def devices(self) -> list[str]:
         """Per replica, where and how it computes: `cpu (onnx)`, `cpu (torch)`, `cuda:0 (torch)`."""
-        return [f"{i['device']} ({i['backend']})" for i in ray.get([a.info.remote() for a in self.actors])]
+        return [f"{i['device']} ({i['backend']})" for i in self.infos()]
 
-    def load(self, spec: ModelSpec) -> str:
+    def infos(self) -> list[dict[str, Any]]:
+        """Per replica: version, device, backend, Ray node id, pid, model load time."""
+        return list(ray.get([a.info.remote() for a in self.actors], timeout=self.retry_deadline_s))
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.shipment.spec
+
+    def load(self, shipment: Shipment) -> str:
         """Hot swap on every replica; the new version serves from the next call on."""
-        versions = set(ray.get([a.load.remote(spec.ref) for a in self.actors], timeout=self.retry_deadline_s))
+        refs = [a.load.remote(*shipment.args()) for a in self.actors]
+        versions = set(ray.get(refs, timeout=self.retry_deadline_s))
         if len(versions) != 1:
             raise RuntimeError(f"replicas loaded different versions: {sorted(versions)}")
-        self.spec, self.version = spec, versions.pop()
+        self.shipment, self.version = shipment, versions.pop()
         return self.version
 
     def forecast(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> np.ndarray:
@@ -109,8 +124,9 @@ class Dispatcher:
     ) -> Any:
         return self.actors[i].forecast.remote(values[lo:hi], mask[lo:hi], step_ts[lo:hi])
 
-    def _collect(self, i: int, ref: Any, lo: int, hi: int, values: np.ndarray, mask: np.ndarray,
-                 step_ts: np.ndarray) -> np.ndarray:  # fmt: skip
+    def _collect(
+        self, i: int, ref: Any, lo: int, hi: int, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
+    ) -> np.ndarray:
         deadline = time.monotonic() + self.retry_deadline_s
         delay = 0.2
         while True:
@@ -123,7 +139,7 @@ class Dispatcher:
                     "actor answered with another version; reloading",
                     extra={"got": version, "want": self.version},
                 )
-                ray.get(self.actors[i].load.remote(self.spec.ref), timeout=self.retry_deadline_s)
+                ray.get(self.actors[i].load.remote(*self.shipment.args()), timeout=self.retry_deadline_s)
             except _ACTOR_ERRORS as exc:
                 if time.monotonic() + delay > deadline:
                     raise ForecastUnavailable(

@@ -7,6 +7,11 @@ crashed actor (`max_restarts`) with its constructor's model and retries the call
 dispatcher checks the version each answer carries and re-sends `load()` if a restart reverted a hot swap,
 so a step's forecast is never silently lost or made by the wrong model. `load()` swaps the model
 between calls (hot swap): calls are processed one at a time, so a batch is forecast by exactly one version.
+
+A checkpoint never reaches an actor as a path on the driver's disk (the actor may run on another node):
+an object-store URI (`s3://…`) travels as the URI and the actor reads it; a checkpoint on the driver's
+local disk travels as bytes through Ray's object store (`ship`). Either way the actor verifies the
+sha256 the registry recorded, on its own node, before it serves.
 """
 
 from __future__ import annotations
@@ -21,31 +26,69 @@ import numpy as np
 import ray
 
 from serving.config import RaySettings
+from stream.config import StorageSettings
 from stream.network import Network
+from stream.storage import open_location
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What an actor hosts: `baseline:persistence`, `baseline:historical_average` or a checkpoint path."""
+    """What an actor hosts: `baseline:persistence`, `baseline:historical_average`, or a checkpoint (a
+    local path or a URI) with the sha256 the registry recorded for it (None: the file's own check only)."""
 
     ref: str
+    sha256: str | None = None
 
     @property
     def is_baseline(self) -> bool:
         return self.ref.startswith("baseline:")
 
 
+@dataclass(frozen=True)
+class Shipment:
+    """A `ModelSpec` as it crosses to an actor: a URI the actor opens itself, or the checkpoint's bytes
+    in Ray's object store (`blob`) when it lives on the driver's disk."""
+
+    spec: ModelSpec
+    blob: Any = None  # ray.ObjectRef of the checkpoint bytes, or None
+
+    def args(self) -> tuple[str, str | None, Any]:
+        return self.spec.ref, self.spec.sha256, self.blob
+
+
+def ship(spec: ModelSpec, storage: StorageSettings) -> Shipment:
+    """Prepare `spec` for actors anywhere on the cluster (see the module docstring)."""
+    if spec.is_baseline:
+        return Shipment(spec)
+    loc = open_location(spec.ref, storage)
+    return Shipment(spec, ray.put(loc.read_bytes()) if loc.is_local else None)
+
+
 def build_predictor(
-    spec: ModelSpec, network: Network, window: int, horizon: int, cpu_backend: str = "torch"
+    spec: ModelSpec,
+    network: Network,
+    window: int,
+    horizon: int,
+    cpu_backend: str = "torch",
+    *,
+    blob: bytes | None = None,
+    storage: StorageSettings | None = None,
 ) -> Any:
+    """The predictor of `spec`: from `blob` when the bytes came along, else read from `spec.ref`."""
     from training.predictor import Predictor, default_device  # imported inside the actor process
 
     if spec.is_baseline:
         return Predictor.baseline(spec.ref.split(":", 1)[1], network, window=window, horizon=horizon)
     backend = cpu_backend if default_device() == "cpu" else "torch"  # the CPU engine; a GPU runs torch
-    return Predictor.from_checkpoint(spec.ref, network=network, backend=backend)  # type: ignore[arg-type]
+    return Predictor.from_checkpoint(
+        blob if blob is not None else spec.ref,
+        network=network,
+        backend=backend,  # type: ignore[arg-type]
+        storage=storage,
+        expected_sha256=spec.sha256,
+    )
 
 
 class Forecaster:
@@ -53,12 +96,15 @@ class Forecaster:
 
     def __init__(
         self,
-        spec: str,
+        ref: str,
+        sha256: str | None,
+        blob: bytes | None,
         network: dict[str, Any],
         window: int,
         horizon: int,
         torch_threads: int = 1,
         cpu_backend: str = "torch",
+        storage: StorageSettings | None = None,
     ) -> None:
         import torch
 
@@ -67,16 +113,27 @@ class Forecaster:
         self.window = window
         self.horizon = horizon
         self.cpu_backend = cpu_backend
-        self.predictor = build_predictor(ModelSpec(spec), self.network, window, horizon, cpu_backend)
-        self.spec = spec
+        self.storage = storage
+        self.spec = ""
         self.calls = 0
+        self.load_ms = 0.0
+        self.load(ref, sha256, blob)
 
-    def load(self, spec: str) -> str:
-        """Hot swap: load a new model; returns its version. The old one serves until this returns."""
+    def load(self, ref: str, sha256: str | None = None, blob: bytes | None = None) -> str:
+        """Hot swap: load a new model (bytes, or read from `ref`); returns its version. The old one serves
+        until this returns."""
+        t0 = time.perf_counter()
         predictor = build_predictor(
-            ModelSpec(spec), self.network, self.window, self.horizon, self.cpu_backend
+            ModelSpec(ref, sha256),
+            self.network,
+            self.window,
+            self.horizon,
+            self.cpu_backend,
+            blob=blob,
+            storage=self.storage,
         )
-        self.predictor, self.spec = predictor, spec
+        self.predictor, self.spec = predictor, ref
+        self.load_ms = (time.perf_counter() - t0) * 1000
         return str(predictor.version)
 
     def info(self) -> dict[str, Any]:
@@ -87,6 +144,8 @@ class Forecaster:
             "pid": os.getpid(),
             "calls": self.calls,
             "spec": self.spec,
+            "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
+            "load_ms": self.load_ms,
             "targets": list(self.predictor.targets),
             "out_features": list(self.predictor.out_features),
         }
@@ -101,14 +160,28 @@ class Forecaster:
         return out, str(self.predictor.version), (time.perf_counter() - t0) * 1000
 
 
-def make_actor(settings: RaySettings, spec: ModelSpec, network: Network, window: int, horizon: int) -> Any:
+def make_actor(
+    settings: RaySettings,
+    shipment: Shipment,
+    network: Network,
+    window: int,
+    horizon: int,
+    storage: StorageSettings,
+) -> Any:
     """Start one forecaster actor with fractional resources and deliberate restart/retry policy."""
     actor_cls = ray.remote(Forecaster).options(
         num_cpus=settings.actor_num_cpus,
         num_gpus=settings.actor_num_gpus,
+        resources=dict(settings.actor_resources) or None,
         max_restarts=settings.actor_max_restarts,
         max_task_retries=settings.actor_max_task_retries,
     )
     return actor_cls.remote(
-        spec.ref, network.to_dict(), window, horizon, settings.actor_torch_threads, settings.cpu_backend
+        *shipment.args(),
+        network.to_dict(),
+        window,
+        horizon,
+        settings.actor_torch_threads,
+        settings.cpu_backend,
+        storage,
     )

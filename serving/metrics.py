@@ -78,6 +78,14 @@ class ServeMetrics:
         self.actor_retries = Counter(
             "sensorcast_actor_retries", "Forecast calls re-sent after an actor failure", registry=r
         )
+        self.unarchived_steps = Gauge(
+            "sensorcast_unarchived_steps",
+            "Sealed steps waiting for the archive (storage down); offsets are held behind them",
+            registry=r,
+        )
+        self.archive_failures = Gauge(
+            "sensorcast_archive_write_failures", "Failed archive writes since start", registry=r
+        )
         self._version: str | None = None
 
     def attach_ledger(self, snapshot: Callable[[], dict[str, Any]]) -> None:

@@ -16,17 +16,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis
 
+from serving.cluster import require_shared_storage
 from serving.config import Settings
 from serving.dispatch import Call, Dispatcher
-from serving.forecaster import ModelSpec, make_actor
+from serving.forecaster import ModelSpec, make_actor, ship
 from serving.keys import Keys
-from serving.lifecycle import Follower, bootstrap, resolve
+from serving.lifecycle import Follower, bootstrap, open_registry, resolve
 from serving.metrics import ServeMetrics
 from serving.online import OnlineEvaluator
 from serving.retrain import Retrainer
@@ -35,6 +35,7 @@ from stream.archive import Archive
 from stream.consume import IngestService, wall_ms
 from stream.network import Network
 from stream.rolling import RollingWindow
+from stream.storage import check
 from stream.window import SealedStep
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class ServePipeline:
         self.keys = Keys(settings.redis.key_prefix, network.name)
         self.metrics = ServeMetrics()
         self._actors = actors
-        self.archive = Archive(settings.archive.root, network)
+        self.archive = Archive(settings.archive.root, network, settings.storage)
         self.ingest = IngestService(
             settings.kafka, settings.window, self.archive, network, now=now, client_id=client_id
         )
@@ -91,11 +92,12 @@ class ServePipeline:
         self.metrics_port: int | None = None
         self.online: OnlineEvaluator | None = None
         self.latencies_s: deque[float] = deque(maxlen=10_000)  # seal→Redis per step, for benchmarks
-        self.registry_root: Path | None = None
+        self.registry: Any = None  # training.registry.Registry when serving from one
         self.follower: Follower | None = None
         self.retrainer: Retrainer | None = None
         self.champion: Any = None  # the serving model as a local Predictor, for the retraining gate
         self._next_health = 0.0
+        self._retries = 0  # dispatcher re-sends already reported
         self._health_mark: tuple[float, int] = (time.monotonic(), 0)
 
     @property
@@ -106,17 +108,22 @@ class ServePipeline:
     def start(self, *, serve_metrics: bool = False) -> ServePipeline:
         s = self.settings
         self.redis = connect(s.redis)
-        self.spec, self.registry_root = resolve(self.spec.ref)
+        check(self.archive.root, "archive.root")
+        self.spec, self.registry = resolve(self.spec.ref, s.storage)
         if s.retrain.enabled:
-            self.registry_root = (self.registry_root or s.retrain.registry).resolve()
-            self.spec = bootstrap(self.registry_root, self.spec, self.network, self.window, self.horizon)
-        if self.registry_root is not None:
-            self.follower = Follower(self.registry_root)
+            if self.registry is None:
+                self.registry = open_registry(s.retrain.registry, s.storage)
+                check(self.registry.root, "retrain.registry")
+            require_shared_storage(s)
+            self.spec = bootstrap(self.registry, self.spec, self.network, self.window, self.horizon)
+        if self.registry is not None:
+            self.follower = Follower(self.registry, s.storage)
+        shipment = ship(self.spec, s.storage)
         actors = self._actors or [
-            make_actor(s.ray, self.spec, self.network, self.window, self.horizon)
+            make_actor(s.ray, shipment, self.network, self.window, self.horizon, s.storage)
             for _ in range(s.ray.replicas)
         ]
-        self.dispatcher = Dispatcher(actors, self.spec)
+        self.dispatcher = Dispatcher(actors, shipment)
         self.metrics.set_version(self.dispatcher.start())
         self.sink = RedisSink(
             self.redis, self.keys, sensors=self.network.sensors, features=self.dispatcher.out_features,
@@ -127,13 +134,18 @@ class ServePipeline:
             horizon=self.horizon, step_ms=self.network.step_ms, targets=self.dispatcher.targets,
             rolling_steps=s.online.rolling_steps, zero_is_missing=s.online.zero_is_missing,
         )  # fmt: skip
-        self.sink.add_event("serving", self.dispatcher.version, {"spec": self.spec.ref})
+        self.sink.add_event("serving", self.dispatcher.version, {"spec": self.spec.ref, **self._placement()})
         self.ingest.start()
         if s.retrain.enabled:
-            from training.registry import Registry
-
-            self.retrainer = Retrainer(s.retrain, self.archive, self.network, window=self.window,
-                                       horizon=self.horizon, registry=Registry(self.registry_root))  # fmt: skip
+            self.retrainer = Retrainer(
+                s.retrain,
+                self.archive,
+                self.network,
+                window=self.window,
+                horizon=self.horizon,
+                registry=self.registry,
+                storage=s.storage,
+            )
             self.champion = self._local_predictor(self.spec)
         self.metrics.attach_ledger(self.ingest.ingestor.ledger.snapshot)
         self._recover(self.ingest.resumed_after)
@@ -153,26 +165,30 @@ class ServePipeline:
     def _local_predictor(self, spec: ModelSpec) -> Any:
         from serving.forecaster import build_predictor
 
-        return build_predictor(spec, self.network, self.window, self.horizon)
+        return build_predictor(spec, self.network, self.window, self.horizon, storage=self.settings.storage)
 
     def swap(self, spec: ModelSpec, why: str) -> str:
         """Hot swap between cycles: the next sealed step is forecast by the new version."""
         assert self.dispatcher is not None and self.sink is not None
         old = self.dispatcher.version
-        version = self.dispatcher.load(spec)
+        version = self.dispatcher.load(ship(spec, self.settings.storage))
         self.spec = spec
         self.metrics.set_version(version)
         if self.retrainer is not None:
             self.champion = self._local_predictor(spec)
-        self.sink.add_event("serving", version, {"previous": old, "why": why, "spec": spec.ref})
+        detail = {"previous": old, "why": why, "spec": spec.ref, **self._placement()}
+        self.sink.add_event("serving", version, detail)
         log.info("model swapped", extra={"from": old, "to": version, "why": why})
         return version
+
+    def _placement(self) -> dict[str, list[Any]]:
+        """Where the replicas run (Ray node ids) and how long each took to load the model."""
+        infos = self.dispatcher.infos()
+        return {"nodes": [i["node"] for i in infos], "load_ms": [round(i["load_ms"], 1) for i in infos]}
 
     def _lifecycle(self) -> None:
         assert self.sink is not None and self.dispatcher is not None
         if self.retrainer is not None:
-            from training.registry import Registry
-
             result = self.retrainer.poll()
             if isinstance(result, Exception):
                 self.sink.add_event("retrain_failed", self.dispatcher.version, {"error": repr(result)})
@@ -180,10 +196,10 @@ class ServePipeline:
                 kind = "promoted" if result.promoted else "rejected"
                 self.sink.add_event(kind, result.version, {"reason": result.reason, **result.figures})
                 if result.promoted:
-                    assert self.registry_root is not None
-                    self.swap(ModelSpec(Registry(self.registry_root).show(result.version).path), "promoted")
+                    record = self.registry.show(result.version)
+                    self.swap(ModelSpec(record.uri, record.sha256), "promoted")
         if self.follower is not None:
-            new = self.follower.changed(self.spec.ref)
+            new = self.follower.changed(self.spec)
             if new is not None:
                 self.swap(new, "registry champion changed")
 
@@ -200,7 +216,7 @@ class ServePipeline:
                     ref = self.retrainer.reference(version)
                     assert self.sink is not None
                     self.sink.add_event("drift", version, {"rolling_mae": mae, "reference_mae": ref})
-                meta = self.retrainer.launch(trigger, self.spec.ref, self.champion)
+                meta = self.retrainer.launch(trigger, self.spec, self.champion)
                 assert self.sink is not None
                 self.sink.add_event("retrain_started", version, meta)
                 break
@@ -245,6 +261,8 @@ class ServePipeline:
         wm = self.ingest.ingestor.windower.watermark()
         if wm is not None:
             self.metrics.watermark.set(wm)
+        self.metrics.unarchived_steps.set(len(self.ingest.unarchived))
+        self.metrics.archive_failures.set(self.ingest.archive_failures)
         t0, n0 = self._health_mark
         now = time.monotonic()
         rate = (snap["received"] - n0) / (now - t0) if now > t0 else 0.0
@@ -258,6 +276,8 @@ class ServePipeline:
             "steps_forecast": self.steps_forecast,
             "readings_per_s": round(rate, 1),
             "model_version": self.dispatcher.version if self.dispatcher else "",
+            "unarchived_steps": len(self.ingest.unarchived),
+            "archive_failures": self.ingest.archive_failures,
             "updated_ms": wall_ms(),
         }
         self.sink.write_health(health)
@@ -353,6 +373,10 @@ class ServePipeline:
         out = self.dispatcher.collect(call)  # [b, H, N, out]
         self.metrics.inference_seconds.observe(self.dispatcher.last_infer_ms / 1000)
         version = self.dispatcher.version
+        if self.dispatcher.retries > self._retries:  # an actor failed and was replaced (maybe elsewhere)
+            self.metrics.actor_retries.inc(self.dispatcher.retries - self._retries)
+            self._retries = self.dispatcher.retries
+            self.sink.add_event("actors_recovered", version, {"retries": self._retries, **self._placement()})
         for k in range(out.shape[0]):
             step_ts = pending.step_ts[first + k]
             self.sink.write(StepForecast(step_ts, version, out[k], wall_ms()))

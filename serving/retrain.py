@@ -7,8 +7,10 @@ model's rolling online MAE above its reference (the rolling MAE when its window 
 serving loop never waits for it); a failed job (exception, non-finite loss or forecasts) leaves the
 champion untouched, is reported as an event, and the next trigger waits an exponential backoff.
 
-The job trains on a sliding range of recent archived steps, excluding the newest `holdout_steps`; the
-gate scores challenger, champion and persistence on those held-out steps (never trained on) with the
+The job trains on a sliding range of recent archived steps, excluding the newest `holdout_steps`: the
+Ray Train workers read that range from the archive themselves (a URI on a cluster; see
+`training.ray_train` for what travels how), report the challenger to `storage_path`, and this process
+registers it from there. The gate runs here, in the job's thread, and scores challenger, champion and persistence on those held-out steps (never trained on) with the
 evaluation protocol's masked metrics and promotes the challenger only if it beats the champion by
 `promote_margin` (the seed champion is persistence itself, so the first model must beat persistence;
 after a regime change a challenger that beats the champion but not persistence on the holdout is still
@@ -30,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from serving.config import RetrainSettings
+from serving.forecaster import ModelSpec
 from stream.archive import Archive
-from stream.datasets import ARCHIVE_NETWORK_FILE, SensorDataset, read_archive
+from stream.config import StorageSettings
+from stream.datasets import SensorDataset, read_archive
 from stream.network import Network
-from stream.window import SealedStep
+from stream.storage import open_location
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +54,6 @@ class Decision:
 
 class TrainingFailed(RuntimeError):
     """A training job crashed or produced a model that cannot be used (non-finite loss or forecasts)."""
-
-
-def export_range(archive: Archive, network: Network, start_ms: int, end_ms: int, dest: Path) -> Path:
-    """Copy archived steps [start_ms, end_ms) into a mini-archive the training side reads as a dataset."""
-    step_ts, values, mask = archive.read(start_ms=start_ms, end_ms=end_ms)
-    if len(step_ts) == 0:
-        raise TrainingFailed(f"no archived steps in [{start_ms}, {end_ms})")
-    dest.mkdir(parents=True, exist_ok=True)
-    network.save(dest / ARCHIVE_NETWORK_FILE)
-    Archive(dest, network).append([SealedStep(int(t), values[i], mask[i], 0) for i, t in enumerate(step_ts)])
-    return dest
 
 
 def gate(challenger: Any, champion: Any, persistence: Any, holdout: SensorDataset, margin: float) -> Decision:
@@ -84,8 +77,9 @@ def gate(challenger: Any, champion: Any, persistence: Any, holdout: SensorDatase
     if not math.isfinite(mae["challenger"]):
         return Decision(False, challenger.version, "challenger forecasts are not finite", figures)
     bar = mae["champion"] * (1 - margin)
-    figures_text = (f"champion {mae['champion']:.4f}, persistence {mae['persistence']:.4f}, "
-                    f"margin {margin:.0%}")  # fmt: skip
+    figures_text = (
+        f"champion {mae['champion']:.4f}, persistence {mae['persistence']:.4f}, margin {margin:.0%}"
+    )
     if mae["challenger"] < bar:
         reason = f"challenger MAE {mae['challenger']:.4f} < {bar:.4f} ({figures_text})"
         if mae["challenger"] >= mae["persistence"]:
@@ -99,9 +93,19 @@ def gate(challenger: Any, champion: Any, persistence: Any, holdout: SensorDatase
 class Retrainer:
     """Owned by the serving pipeline: `on_step()` after each sealed step, `poll()` each cycle."""
 
-    def __init__(self, settings: RetrainSettings, archive: Archive, network: Network, *, window: int,
-                 horizon: int, registry: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: RetrainSettings,
+        archive: Archive,
+        network: Network,
+        *,
+        window: int,
+        horizon: int,
+        registry: Any,
+        storage: StorageSettings,
+    ) -> None:
         self.settings = settings
+        self.storage = storage
         self.archive = archive
         self.network = network
         self.window = window
@@ -155,27 +159,40 @@ class Retrainer:
         return self._reference.get(version)
 
     # -- the job -----------------------------------------------------------------------------------------
-    def launch(self, reason: str, champion_path: str | None, champion: Any) -> dict[str, Any]:
+    def launch(self, reason: str, champion_spec: ModelSpec, champion: Any) -> dict[str, Any]:
         """Start a training job + gate in the background on the recent archive; returns its description.
         `champion` is the serving model as a local Predictor (the gate's reference)."""
         s = self.settings
         last = self.archive.last_step()
-        assert last is not None
+        if last is None:
+            raise TrainingFailed("the archive holds no steps yet")
         step = self.network.step_ms
         holdout_start = last - (s.holdout_steps - 1) * step
         history = s.drift_history_steps if reason == "drift" and s.drift_history_steps else s.history_steps
         train_start = holdout_start - history * step
-        workdir = Path(tempfile.mkdtemp(prefix="sensorcast-retrain-"))
-        meta = {"reason": reason, "train_range": [train_start, holdout_start], "holdout": [holdout_start, last + step],
-                "workdir": str(workdir), "parent": champion_path}  # fmt: skip
-        data = export_range(self.archive, self.network, train_start, holdout_start, workdir / "data")
+        meta = {
+            "reason": reason,
+            "train_range": [train_start, holdout_start],
+            "holdout": [holdout_start, last + step],
+            "parent": champion_spec.ref,
+        }
         config: dict[str, Any] = {
-            "dataset": str(data), "out": str(workdir / "challenger.pt"), "model": s.model, "preset": s.preset,
-            "window": self.window, "horizon": self.horizon, "epochs": s.epochs, "time_budget_s": s.time_budget_s,
-            "patience": max(3, s.epochs // 4), "threads": 1, "nice": s.nice, "overrides": dict(s.overrides),
-        }  # fmt: skip
-        if s.warm_start and champion_path:  # absolute: Ray Train workers run in their own folders
-            config["init_checkpoint"] = str(Path(champion_path).resolve())
+            "dataset": self.archive.root.uri,
+            "start_ms": train_start,
+            "end_ms": holdout_start,
+            "model": s.model,
+            "preset": s.preset,
+            "window": self.window,
+            "horizon": self.horizon,
+            "epochs": s.epochs,
+            "time_budget_s": s.time_budget_s,
+            "patience": max(3, s.epochs // 4),
+            "threads": 1,
+            "nice": s.nice,
+            "overrides": dict(s.overrides),
+        }
+        if s.warm_start and not champion_spec.is_baseline:
+            config["init_checkpoint"] = champion_spec.ref
         self._steps_since = 0
         self._last_start = time.monotonic()
         self._job = self._pool.submit(self._run, config, meta, champion)
@@ -183,10 +200,7 @@ class Retrainer:
         return meta
 
     def _run(self, config: dict[str, Any], meta: dict[str, Any], champion: Any) -> Decision:
-        try:
-            return self._decide(self._train(config), champion, meta)
-        finally:
-            shutil.rmtree(meta["workdir"], ignore_errors=True)
+        return self._decide(self._train(config), champion, meta)
 
     def _train(self, config: dict[str, Any]) -> dict[str, Any]:
         from training.ray_train import train_with_ray
@@ -194,10 +208,24 @@ class Retrainer:
 
         s = self.settings
         if s.workers > 0:
-            summary = train_with_ray(config, num_workers=s.workers, cpus_per_worker=s.cpus_per_worker)
-        else:
-            summary = train_func(config)
-        loss = summary.get("best_val_mae", summary.get("val_mae"))
+            summary = train_with_ray(
+                config,
+                num_workers=s.workers,
+                use_gpu=s.use_gpu,
+                cpus_per_worker=s.cpus_per_worker,
+                resources_per_worker=dict(s.resources_per_worker),
+                storage_path=s.storage_path or self.registry.root / "ray-train",
+                storage=self.storage,
+            )
+        else:  # in this process: the checkpoint never leaves it until it is registered
+            workdir = tempfile.mkdtemp(prefix="sensorcast-retrain-")
+            try:
+                out = str(Path(workdir) / "challenger.pt")
+                summary = {**train_func({**config, "out": out}, storage=self.storage), "checkpoint": out}
+                summary["checkpoint_bytes"] = Path(out).read_bytes()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+        loss = summary.get("val_mae")
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingFailed(f"training produced a non-finite validation error ({loss})")
         return summary
@@ -221,23 +249,42 @@ class Retrainer:
     def _decide(self, summary: dict[str, Any], champion: Any, meta: dict[str, Any]) -> Decision:
         from training.predictor import Predictor
 
-        path = summary["checkpoint"]
-        challenger = Predictor.from_checkpoint(path, network=self.network, device="cpu")
+        source = summary.pop("checkpoint_bytes", None) or summary["checkpoint"]
+        challenger = Predictor.from_checkpoint(
+            source, network=self.network, device="cpu", storage=self.storage
+        )
         persistence = Predictor.baseline(
             "persistence", self.network, window=self.window, horizon=self.horizon
         )
         start, end = meta["holdout"]
         holdout = read_archive(self.archive.root, start_ms=start, end_ms=end)
         decision = gate(challenger, champion, persistence, holdout, self.settings.promote_margin)
-        figures = {**decision.figures, "train_range": meta["train_range"], "holdout": meta["holdout"],
-                   "trigger": meta["reason"], "train": {k: v for k, v in summary.items() if k != "history"}}  # fmt: skip
-        record = self.registry.register(path, reason=("promoted: " if decision.promoted else "rejected: ") + decision.reason,
-                                        metrics={"gate": figures})  # fmt: skip
+        train = {k: v for k, v in summary.items() if k != "history"}
+        figures = {
+            **decision.figures,
+            "train_range": meta["train_range"],
+            "holdout": meta["holdout"],
+            "trigger": meta["reason"],
+            "train": train,
+        }
+        verdict = ("promoted: " if decision.promoted else "rejected: ") + decision.reason
+        record = self.registry.register(source, reason=verdict, metrics={"gate": figures})
         decision.version = record.version
         decision.figures = figures
         if decision.promoted:
             self.registry.promote(record.version, reason=decision.reason)
+        self._forget(summary["checkpoint"])
         return decision
+
+    def _forget(self, reported: str) -> None:
+        """Remove the Ray Train run's checkpoint once the registry holds its copy."""
+        if "/checkpoint_" not in reported:
+            return
+        run = open_location(reported, self.storage).parent.parent  # <run>/checkpoint_…/model.pt
+        try:
+            run.fs.delete_dir(run.path)
+        except OSError:  # leftovers cost space, not correctness
+            log.warning("cannot remove a finished training run", extra={"run": run.uri})
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,15 +1,19 @@
 """The archive: sealed steps and late readings as Parquet files, the durable record offsets commit against.
 
-Layout under `root`::
+`root` is a local folder or an object-store URI (`s3://bucket/prefix`; see `stream.storage`): the same
+files either way, readable by pandas/pyarrow straight from the URI. Layout under `root`::
+
+    network.toml                                                          # the network the steps belong to
 
     steps/date=YYYY-MM-DD/part-<first_step_ts>-<last_step_ts>.parquet   # one file per append and UTC day
     late/date=YYYY-MM-DD/part-<first_ts>-<last_ts>-<uuid>.parquet      # the late log
 
 Steps are stored long: one row per (step, sensor, feature) with columns `step_ts` (int64 ms), `sensor`
 (string), `feature` (string), `value` (float32, the sealed value incl. last-observation fill) and
-`observed` (bool, the mask); `pandas.read_parquet(root / "steps")` reads them all. Every file is written
-under a hidden temporary name (`.part-….tmp`, skipped by Parquet readers) and renamed into place, so a
-crash never leaves a half file visible; leftovers are removed when an `Archive` opens.
+`observed` (bool, the mask); `pandas.read_parquet(root + "/steps")` reads them all. A file appears whole
+or not at all (`Location.write_bytes`: one PUT on an object store — which has no rename, so every name is
+written once —, a hidden temporary file renamed into place on a local disk, whose leftovers are removed
+when a writer opens).
 
 Appends are idempotent: steps at or before `last_step()` are skipped, and `last_step()` is recovered from
 the file names after a restart — it is the `resume_after_step` of the windower. The late log is not
@@ -20,8 +24,8 @@ One writer per root. No Kafka, no clock.
 
 from __future__ import annotations
 
-import os
 import re
+import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -30,13 +34,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import tomli_w
 
-from stream.network import Network
+from stream.config import StorageSettings
+from stream.network import Network, NetworkError
+from stream.storage import Location, open_location
 from stream.window import LateReading, SealedStep
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 _PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 LATE_COLUMNS = ("sensor", "feature", "ts", "value", "step_ts", "partition", "offset")
+NETWORK_FILE = "network.toml"
+
+
+class ArchiveMismatch(RuntimeError):
+    """The archive holds another network's steps."""
 
 
 def utc_day(ts_ms: int) -> str:
@@ -46,33 +64,46 @@ def utc_day(ts_ms: int) -> str:
 class Archive:
     """Parquet archive of sealed steps and late readings for one network; see the module docstring."""
 
-    def __init__(self, root: str | Path, network: Network) -> None:
-        self.root = Path(root)
+    def __init__(
+        self, root: str | Path | Location, network: Network, storage: StorageSettings | None = None
+    ) -> None:
+        self.root = open_location(root, storage)
         self.network = network
         self.steps_dir = self.root / "steps"
         self.late_dir = self.root / "late"
-        self._files: list[tuple[int, int, Path]] = []  # (first, last, path), sorted
+        self._files: list[tuple[int, int, Location]] = []  # (first, last, file), sorted
         self._writing = False
         self._scan()
 
+    def claim(self) -> Archive:
+        """Record the network beside the steps (retraining reads it); refuse another network's archive."""
+        theirs = read_network(self.root)
+        if theirs is None:
+            (self.root / NETWORK_FILE).write_text(tomli_w.dumps(self.network.to_dict()))
+        elif theirs.fingerprint() != self.network.fingerprint():
+            raise ArchiveMismatch(
+                f"archive {self.root} belongs to network {theirs.name!r} ({theirs.n_sensors} sensors), "
+                f"not {self.network.name!r} ({self.network.n_sensors}): use another archive root"
+            )
+        return self
+
     def _start_writing(self) -> None:
-        """Before this object's first write: remove temp files a crashed writer left (one writer per
+        """Before this object's first write: remove temp files a crashed local writer left (one writer per
         root). Readers never do this — they would delete a live writer's file before its rename."""
         if self._writing:
             return
         self._writing = True
-        for d in (self.steps_dir, self.late_dir):
-            for tmp in d.glob("date=*/.*.tmp") if d.exists() else ():
+        if self.root.is_local:
+            for tmp in Path(self.root.path).glob("*/date=*/.*.tmp"):
                 tmp.unlink(missing_ok=True)  # a crash between write and rename
 
     def _scan(self) -> None:
         files = []
-        if self.steps_dir.exists():
-            for path in self.steps_dir.glob("date=*/part-*.parquet"):
-                m = _PART.match(path.name)
-                if m:
-                    files.append((int(m.group(1)), int(m.group(2)), path))
-        self._files = sorted(files)
+        for loc in self.steps_dir.files():
+            m = _PART.match(loc.name)
+            if m:
+                files.append((int(m.group(1)), int(m.group(2)), loc))
+        self._files = sorted(files, key=lambda f: (f[0], f[1]))
 
     def last_step(self) -> int | None:
         """step_ts of the newest archived step, None for an empty archive."""
@@ -90,10 +121,10 @@ class Archive:
             by_day.setdefault(utc_day(s.step_ts), []).append(s)
         for day, group in by_day.items():
             first_ts, last_ts = group[0].step_ts, group[-1].step_ts
-            path = self.steps_dir / f"date={day}" / f"part-{first_ts}-{last_ts}.parquet"
-            _write_atomic(self._steps_table(group), path)
-            self._files.append((first_ts, last_ts, path))
-        self._files.sort()
+            loc = self.steps_dir / f"date={day}" / f"part-{first_ts}-{last_ts}.parquet"
+            _write(self._steps_table(group), loc)
+            self._files.append((first_ts, last_ts, loc))
+        self._files.sort(key=lambda f: (f[0], f[1]))
 
     def _steps_table(self, steps: Sequence[SealedStep]) -> pa.Table:
         n, f = self.network.n_sensors, self.network.n_features
@@ -123,11 +154,12 @@ class Archive:
         """
         lo = -(2**62) if start_ms is None else start_ms
         hi = 2**62 if end_ms is None else end_ms
-        paths = [p for first, last, p in self._files if last >= lo and first < hi]
+        paths = [loc.path for first, last, loc in self._files if last >= lo and first < hi]
         n, f = self.network.n_sensors, self.network.n_features
         if not paths:
             return np.zeros(0, np.int64), np.zeros((0, n, f), np.float32), np.zeros((0, n, f), np.uint8)
-        table = pa.concat_tables([pq.read_table(p) for p in paths])
+        # one dataset over the files: an object store's GETs run concurrently, not one after the other
+        table = pads.dataset(paths, filesystem=self.root.fs, format="parquet").to_table()
         step = table.column("step_ts").to_numpy()
         keep = (step >= lo) & (step < hi)
         step = step[keep]
@@ -171,14 +203,14 @@ class Archive:
                 }
             )
             name = f"part-{ts.min()}-{ts.max()}-{uuid.uuid4().hex[:12]}.parquet"
-            _write_atomic(table, self.late_dir / f"date={day}" / name)
+            _write(table, self.late_dir / f"date={day}" / name)
 
     def read_late(self) -> pd.DataFrame:
         """The whole late log, oldest first (empty frame with the columns when there is none)."""
-        if not self.late_dir.exists() or not any(self.late_dir.glob("date=*/part-*.parquet")):
+        paths = [loc.path for loc in self.late_dir.files() if loc.name.startswith("part-")]
+        if not paths:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in LATE_COLUMNS})
-        frame = pd.read_parquet(self.late_dir)
-        frame = frame.drop(columns=["date"], errors="ignore")
+        frame = pads.dataset(paths, filesystem=self.root.fs, format="parquet").to_table().to_pandas()
         return frame.sort_values(["ts", "partition", "offset"], kind="stable").reset_index(drop=True)
 
 
@@ -196,14 +228,19 @@ def _indices(column: pa.ChunkedArray, index: Mapping[str, int]) -> np.ndarray:
     return lookup[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    """Write under a hidden temp name, fsync, rename: readers see the whole file or none of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+def _write(table: pa.Table, loc: Location) -> None:
+    """Serialise to Parquet in memory and write the file whole (see `Location.write_bytes`)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    loc.write_bytes(sink.getvalue().to_pybytes())
+
+
+def read_network(root: Location) -> Network | None:
+    """The network recorded in an archive, None when it has none yet."""
+    loc = root / NETWORK_FILE
+    if not loc.exists():
+        return None
     try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        return Network.from_dict(tomllib.loads(loc.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise NetworkError(f"cannot parse network definition {loc}: {exc}") from exc

@@ -69,4 +69,26 @@ class WindowSettings(BaseModel):
 class ArchiveSettings(BaseModel):
     """Where sealed steps (Parquet) and the late log are kept."""
 
-    root: Path = Path("sensorcast-data/archive")
+    root: str = Field(
+        default="sensorcast-data/archive",
+        description="a local folder (one machine only) or a URI every node can read: s3://bucket/prefix, gs://…",
+    )
+
+
+class StorageSettings(BaseModel):
+    """How `s3://` locations are reached (archive, registry, checkpoints, Ray Train storage).
+
+    Credentials left unset come from the AWS chain of each process (AWS_* variables, profile, instance
+    role). Set here, they travel with the Ray calls that open storage (never logged: `SecretStr`).
+    """
+
+    endpoint: str | None = Field(
+        default=None, description="http(s)://host:port of an S3-compatible store (MinIO); None = AWS"
+    )
+    region: str | None = Field(default=None, description="bucket region, e.g. us-east-1")
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    request_timeout_s: float = Field(default=20.0, gt=0)
+    retries: int = Field(default=3, ge=1, description="attempts per request inside the S3 client")

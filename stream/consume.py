@@ -5,7 +5,9 @@ One `poll_once()` cycle: decode and window every polled record; produce the dead
 their acknowledgement; write late readings to the late log and sealed steps to the archive; hand the
 sealed steps to `on_sealed` (the serving side forecasts them there — its work must be durable when it
 returns); then commit what the ingest core allows. A crash anywhere before the commit replays harmlessly:
-the archive resumes after its last step and readings for archived steps count as `replayed`.
+the archive resumes after its last step and readings for archived steps count as `replayed`. An archive
+that cannot be written (object store down) holds the commit back, not the forecasts: sealed steps wait
+in memory, retried with backoff, up to `max_unarchived` steps, after which reading pauses.
 
 `sensorcast ingest` runs it alone (archive only); `serving.pipeline` runs it with forecasting.
 """
@@ -15,24 +17,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from stream.archive import Archive
 from stream.config import KafkaSettings, WindowSettings
-from stream.datasets import ARCHIVE_NETWORK_FILE
 from stream.ingest import Ingestor
 from stream.kafka_io import DeadLetterProducer, IngestConsumer, ensure_topics
 from stream.network import Network
+from stream.storage import StorageError, check
 from stream.window import SealedStep
 
 log = logging.getLogger(__name__)
 
 OnSealed = Callable[[list[SealedStep]], Any]
-
-
-class ArchiveMismatch(RuntimeError):
-    """The archive folder holds another network's steps."""
 
 
 def wall_ms() -> int:
@@ -49,6 +46,7 @@ class IngestService:
         *,
         now: Callable[[], int] = wall_ms,
         client_id: str = "sensorcast-ingest",
+        max_unarchived: int = 1_000,
     ) -> None:
         self.kafka = kafka
         self.window = window
@@ -61,10 +59,19 @@ class IngestService:
         self.dead_letters: DeadLetterProducer | None = None
         self.resumed_after: int | None = None
         self.steps_sealed = 0
+        self.max_unarchived = max_unarchived
+        self.unarchived: list[SealedStep] = []  # sealed (and forecast) but not yet durable in the archive
+        self._late: list[Any] = []
+        self._held: dict[Any, Any] = {}  # offsets waiting for the archive
+        self.archive_failures = 0  # failed archive writes, cumulative
+        self._streak = 0  # consecutive failures: the backoff
+        self._retry_at = 0.0
+        self._failing_since: float | None = None
         self._assigned_at: dict[int, int] = {}
 
     def start(self) -> IngestService:
-        self._claim_archive()
+        check(self.archive.root, "archive.root")
+        self.archive.claim()
         ensure_topics(
             self.kafka, {self.kafka.readings_topic: self.kafka.partitions, self.kafka.dead_letter_topic: 1}
         )
@@ -87,23 +94,13 @@ class IngestService:
         )
         return self
 
-    def _claim_archive(self) -> None:
-        """Record the network beside the archive (retraining reads it); refuse another network's archive."""
-        path = Path(self.archive.root) / ARCHIVE_NETWORK_FILE
-        if path.exists():
-            theirs = Network.load(path)
-            if theirs.fingerprint() != self.network.fingerprint():
-                raise ArchiveMismatch(
-                    f"archive {self.archive.root} belongs to network {theirs.name!r} ({theirs.n_sensors} sensors), "
-                    f"not {self.network.name!r} ({self.network.n_sensors}): use another --archive folder"
-                )
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.network.save(path)
-
     def poll_once(self, timeout_ms: int = 200, on_sealed: OnSealed | None = None) -> list[SealedStep]:
-        """One cycle; returns the steps sealed (and archived) in it."""
+        """One cycle; returns the steps sealed in it (archived, or waiting for the archive: `unarchived`)."""
         assert self.consumer and self.ingestor and self.dead_letters, "start() first"
+        if len(self.unarchived) >= self.max_unarchived:  # the archive is down for long: stop reading
+            time.sleep(timeout_ms / 1000)
+            self._make_durable([], [], None)
+            return []
         dead = []
         for partition, messages in self.consumer.poll_batches(timeout_ms):
             dead += self.ingestor.ingest_many(partition, messages)
@@ -128,29 +125,68 @@ class IngestService:
                 silent.append(p)
         return silent
 
-    def drain(self, on_sealed: OnSealed | None = None) -> list[SealedStep]:
+    def drain(self, on_sealed: OnSealed | None = None, timeout_s: float = 60.0) -> list[SealedStep]:
         """End of stream: seal every open step, make it durable, commit everything consumed."""
         assert self.ingestor is not None, "start() first"
         sealed = self.ingestor.flush_all()
         self._make_durable([], sealed, on_sealed)
+        deadline = time.monotonic() + timeout_s
+        while self.unarchived or self._late:
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"archive {self.archive.root} stayed unwritable for {timeout_s:.0f} s; "
+                    f"{len(self.unarchived)} sealed steps are not durable and their offsets not committed"
+                )
+            time.sleep(max(0.0, min(1.0, self._retry_at - time.monotonic())))
+            self._make_durable([], [], None)
         return sealed
 
     def _make_durable(self, dead: list[Any], sealed: list[SealedStep], on_sealed: OnSealed | None) -> None:
+        """Dead letters acknowledged, late log and steps archived, `on_sealed` done, then commit. While the
+        archive cannot be written, steps wait in memory (retried with backoff), `on_sealed` still runs —
+        forecasting goes on —, and offsets are held until the archive has everything below them."""
         assert self.consumer and self.ingestor and self.dead_letters
-        offsets = self.ingestor.committable()  # valid once what was just taken is durable
+        self._held.update(self.ingestor.committable())  # valid once what was just taken is durable
         if dead:
             self.dead_letters.send(dead)
             self.dead_letters.flush()
-        late = self.ingestor.take_late()
-        if late:
-            self.archive.append_late(late)
+        self._late += self.ingestor.take_late()
+        self.unarchived += sealed
+        durable = self._archive_pending()
         if sealed:
-            self.archive.append(sealed)
             self.steps_sealed += len(sealed)
             if on_sealed is not None:
                 on_sealed(sealed)
-        if offsets:
-            self.consumer.commit(offsets)
+        if durable and self._held:
+            self.consumer.commit(self._held)
+            self._held = {}
+
+    def _archive_pending(self) -> bool:
+        """Write what waits for the archive; False while it cannot be written (next try after a backoff)."""
+        if not (self.unarchived or self._late):
+            return True
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        try:
+            if self._late:
+                self.archive.append_late(self._late)
+                self._late = []
+            self.archive.append(self.unarchived)  # idempotent: a retry skips the steps already written
+            self.unarchived = []
+        except (StorageError, OSError) as exc:
+            self.archive_failures += 1
+            self._streak += 1
+            self._failing_since = self._failing_since or now
+            self._retry_at = now + min(30.0, 0.5 * 2 ** min(self._streak - 1, 6))
+            extra = {"archive": str(self.archive.root), "waiting_steps": len(self.unarchived)}
+            extra |= {"retry_in_s": round(self._retry_at - now, 1), "error": str(exc)[:300]}
+            log.warning("archive write failed; sealed steps wait in memory, offsets are held", extra=extra)
+            return False
+        if self._failing_since is not None:
+            log.info("archive writable again", extra={"outage_s": round(now - self._failing_since, 1)})
+        self._failing_since, self._streak = None, 0
+        return True
 
     def lag(self) -> dict[int, int]:
         assert self.consumer is not None

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stream.config import StorageSettings
 from stream.network import Feature, Network
+from stream.storage import Location, open_location
 
 
 class DatasetError(ValueError):
@@ -251,28 +253,39 @@ def datasets_root() -> Path | None:
 
 
 def read_archive(
-    root: str | Path, *, start_ms: int | None = None, end_ms: int | None = None, zero_is_missing: bool = False
+    root: str | Path | Location,
+    *,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    zero_is_missing: bool = False,
+    storage: StorageSettings | None = None,
 ) -> SensorDataset:
-    """The stream's own archive (sealed steps in Parquet + `network.toml`) as a dataset: what retraining
-    reads. `start_ms`/`end_ms` bound the steps (end exclusive)."""
-    from stream.archive import Archive
+    """The stream's own archive (sealed steps in Parquet + `network.toml`), local or at a URI, as a
+    dataset: what retraining reads. `start_ms`/`end_ms` bound the steps (end exclusive)."""
+    from stream.archive import Archive, read_network
 
-    root = Path(root)
-    net_file = root / ARCHIVE_NETWORK_FILE
-    if not net_file.exists():
-        raise DatasetError(f"{root} has no {ARCHIVE_NETWORK_FILE}: not a sensorcast archive")
-    network = Network.load(net_file)
-    step_ts, values, mask = Archive(root, network).read(start_ms=start_ms, end_ms=end_ms)
+    loc = open_location(root, storage)
+    network = read_network(loc)
+    if network is None:
+        raise DatasetError(f"{loc} has no {ARCHIVE_NETWORK_FILE}: not a sensorcast archive")
+    step_ts, values, mask = Archive(loc, network).read(start_ms=start_ms, end_ms=end_ms)
     if len(step_ts) == 0:
-        raise DatasetError(f"archive {root} holds no sealed steps in the requested range")
+        raise DatasetError(f"archive {loc} holds no sealed steps in the requested range")
     return SensorDataset(network, values, mask, step_ts, zero_is_missing=zero_is_missing)
 
 
 ARCHIVE_NETWORK_FILE = "network.toml"
 
 
-def load_dataset(path: str | Path) -> SensorDataset:
-    """Read a dataset folder or file, recognising its layout by the files present."""
+def is_uri(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def load_dataset(path: str | Path, storage: StorageSettings | None = None) -> SensorDataset:
+    """Read a dataset folder or file, recognising its layout by the files present; a URI
+    (`s3://…`) names an archive."""
+    if is_uri(path):
+        return read_archive(path, storage=storage)
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"no dataset at {path}")

@@ -1,7 +1,11 @@
-"""Checkpoints and the serving Predictor: round trips, baselines, and refusal of bad files."""
+"""Checkpoints and the serving Predictor: round trips (file, bytes, S3 on a real moto server), baselines,
+and refusal of bad, replaced or missing checkpoints."""
 
 from __future__ import annotations
 
+import io
+import re
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +14,15 @@ import torch
 
 from stream.datasets import SensorDataset
 from stream.network import Network
+from tests.s3 import MotoServer
 from training.baselines import Persistence, PersistenceConfig
-from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    checkpoint_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training.predictor import Predictor, PredictorError
 from training.scaler import StandardScaler
 
@@ -108,13 +119,13 @@ def test_foreign_truncated_and_pickled_files_are_refused(tmp_path: Path) -> None
     with pytest.raises(CheckpointError, match="not a sensorcast checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
     good = save_checkpoint(_checkpoint(Network.simple("ring", 5, ["speed", "flow"])), tmp_path / "m.pt")
-    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:500])
+    (tmp_path / "cut.pt").write_bytes(Path(good).read_bytes()[:500])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(tmp_path / "cut.pt")
     torch.save({"format": "sensorcast-checkpoint", "obj": Path("x")}, tmp_path / "pickled.pt")
     with pytest.raises(CheckpointError, match="pickled Python objects"):
         load_checkpoint(tmp_path / "pickled.pt")
-    with pytest.raises(CheckpointError, match="no checkpoint file"):
+    with pytest.raises(CheckpointError, match=re.escape(f"no checkpoint at {tmp_path}/missing.pt")):
         load_checkpoint(tmp_path / "missing.pt")
 
 
@@ -122,3 +133,38 @@ def test_checkpoint_for_another_network_is_refused(tmp_path: Path) -> None:
     path = save_checkpoint(_checkpoint(Network.simple("ring", 5, ["speed", "flow"])), tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match="fingerprint"):
         Predictor.from_checkpoint(path, network=Network.simple("other", 6, ["speed", "flow"]))
+
+
+def test_checkpoint_from_bytes_names_them_in_errors() -> None:
+    net = Network.simple("ring", 5, ["speed", "flow"])
+    ckpt = _checkpoint(net)
+    data = checkpoint_bytes(ckpt)
+    loaded = load_checkpoint(data, network=net)
+    assert loaded.sha256 == ckpt.sha256 and loaded.version == ckpt.version
+    assert Predictor.from_checkpoint(data, device="cpu").version == ckpt.version
+    with pytest.raises(CheckpointError, match=r"^ray object 7 is truncated or corrupt"):
+        load_checkpoint(data[:500], name="ray object 7")
+    foreign = io.BytesIO()
+    torch.save({"weight": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match=r"^checkpoint bytes is not a sensorcast checkpoint"):
+        load_checkpoint(foreign.getvalue())
+    with pytest.raises(CheckpointError, match="not the checkpoint the registry recorded"):
+        load_checkpoint(data, expected_sha256="0" * 64)
+
+
+def test_checkpoint_round_trip_through_s3(moto_s3: MotoServer) -> None:
+    bucket = moto_s3.bucket(f"ckpt-{uuid.uuid4().hex[:12]}")
+    net = Network.simple("ring", 5, ["speed", "flow"])
+    ckpt = _checkpoint(net)
+    uri = save_checkpoint(ckpt, f"{bucket}/models/m.pt", moto_s3.settings)
+    assert uri == f"{bucket}/models/m.pt"
+    loaded = load_checkpoint(uri, network=net, storage=moto_s3.settings, expected_sha256=ckpt.sha256)
+    assert loaded.sha256 == ckpt.sha256
+    p = Predictor.from_checkpoint(uri, device="cpu", storage=moto_s3.settings, expected_sha256=ckpt.sha256)
+    assert p.version == ckpt.version
+    with pytest.raises(
+        CheckpointError, match=re.escape(f"{uri} is not the checkpoint the registry recorded")
+    ):
+        load_checkpoint(uri, storage=moto_s3.settings, expected_sha256="f" * 64)
+    with pytest.raises(CheckpointError, match=re.escape(f"no checkpoint at {bucket}/models/missing.pt")):
+        load_checkpoint(f"{bucket}/models/missing.pt", storage=moto_s3.settings)

@@ -54,32 +54,47 @@ def test_demo_against_existing_servers(embedded: EmbeddedRuntime, tmp_path: Path
     assert champion is not None and champion.version == "v0001" and champion.kind == "persistence"
 
 
-def test_models_commands_list_promote_and_rollback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_models_commands_list_promote_and_rollback(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The same commands on a local folder and on S3 (moto), the store reached with settings from the env."""
     from typer.testing import CliRunner
 
     from serving.cli import app
     from serving.forecaster import ModelSpec
     from serving.lifecycle import bootstrap
     from stream.simulate import simulated_network
+    from tests.s3 import MotoServer
     from training.registry import Registry
 
+    root, storage, env = str(tmp_path / "registry"), None, {}
+    if store == "s3":
+        moto: MotoServer = request.getfixturevalue("moto_s3")
+        root, storage = moto.bucket(f"cli-{uuid.uuid4().hex[:12]}") + "/registry", moto.settings
+        env = {f"SENSORCAST_STORAGE__{k}": v for k, v in (("ENDPOINT", moto.endpoint), ("REGION", "us-east-1"),
+               ("ACCESS_KEY_ID", "test"), ("SECRET_ACCESS_KEY", "test"))}  # fmt: skip
     net = simulated_network(4)
-    root = tmp_path / "registry"
-    bootstrap(root, ModelSpec("baseline:persistence"), net, 12, 12)
-    reg = Registry(root)
-    second = reg.register(reg.champion().path, reason="a copy for the test")
-    runner = CliRunner()
+    reg = Registry(root, storage)
+    bootstrap(reg, ModelSpec("baseline:persistence"), net, 12, 12)
+    second = reg.register(reg.champion_uri(), reason="a copy for the test")
+    runner = CliRunner(env=env)
     out = runner.invoke(
-        app, ["models", "promote", second.version, "--reason", "operator test", "--registry", str(root)]
+        app, ["models", "promote", second.version, "--reason", "operator test", "--registry", root]
     )
     assert out.exit_code == 0 and reg.champion().version == second.version, out.output
-    out = runner.invoke(app, ["models", "list", "--registry", str(root)])
+    out = runner.invoke(app, ["models", "list", "--registry", root])
     assert out.exit_code == 0 and "v0001" in out.output and "v0002" in out.output, out.output
-    out = runner.invoke(app, ["models", "rollback", "--registry", str(root)])
+    out = runner.invoke(app, ["models", "rollback", "--registry", root])
     assert out.exit_code == 0 and reg.champion().version == "v0001", out.output
     assert [h["version"] for h in reg.history()] == ["v0001", "v0002", "v0001"]
-    out = runner.invoke(app, ["models", "show", "v0002", "--registry", str(root)])
+    out = runner.invoke(app, ["models", "show", "v0002", "--registry", root])
     assert out.exit_code == 0 and "a copy for the test" in out.output
+    missing = "s3://no-such-bucket-here/registry" if store == "s3" else str(tmp_path / "nowhere")
+    out = runner.invoke(app, ["models", "list", "--registry", missing])
+    assert out.exit_code == 2 and ("does not exist" in out.output or "no registry at" in out.output), (
+        out.output
+    )
 
 
 def test_settle_heap_freezes_what_a_command_started_with(caplog: pytest.LogCaptureFixture) -> None:

@@ -186,7 +186,7 @@ def test_metrics_health_and_models_views(api: TestClient, seeded: Seeded) -> Non
     assert api.get("/static/dashboard.js").status_code == 200
 
 
-def _persistence(path: Path, net: Network, val_mae: float) -> Path:
+def _persistence(path: Path, net: Network, val_mae: float) -> str:
     ckpt = Checkpoint.from_model(
         "persistence", Persistence(PersistenceConfig(horizon=H)), scaler=StandardScaler.identity(1),
         network=net, targets=("speed",), window=4, horizon=H, metrics={"val_mae": val_mae},
@@ -201,7 +201,7 @@ def test_models_view_reads_the_registry(seeded: Seeded, tmp_path: Path) -> None:
     reg.register(_persistence(tmp_path / "b.pt", seeded.network, 2.5), reason="retrained")
     reg.promote("v0002", reason="val MAE 2.5 < 3.0")
     reg.register(_persistence(tmp_path / "c.pt", seeded.network, float("nan")), reason="retrained on drift")
-    app = create_app(seeded.url, seeded.network, prefix=seeded.prefix, registry=reg.root)
+    app = create_app(seeded.url, seeded.network, prefix=seeded.prefix, registry=tmp_path / "registry")
     with TestClient(app) as client:
         models = client.get("/api/models").json()
     assert models["configured"] and models["champion"] == "v0002"

@@ -79,7 +79,7 @@ def test_browser_sees_live_forecasts_and_selects_a_sensor(fresh_settings: Settin
     network = simulated_network(SENSORS)
     reg = _registry(tmp_path / "registry", network)
     ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
-    pipeline = ServePipeline(s, network, ModelSpec(str(reg.champion_path())), client_id="browser").start()
+    pipeline = ServePipeline(s, network, ModelSpec(reg.champion_uri()), client_id="browser").start()
     stop = threading.Event()
     start = time.time_ns() // 1_000_000 - (WINDOW + 2) * network.step_ms
     threads = [
@@ -94,7 +94,7 @@ def test_browser_sees_live_forecasts_and_selects_a_sensor(fresh_settings: Settin
     for t in threads:
         t.start()
     dash = start_in_thread(
-        s.redis.url.get_secret_value(), network, s.redis.key_prefix, port=0, registry=reg.root
+        s.redis.url.get_secret_value(), network, s.redis.key_prefix, port=0, registry=tmp_path / "registry"
     )
     try:
         wait_for(lambda: pipeline.steps_forecast > 0, timeout_s=120, what="a first forecast step in Redis")

@@ -124,24 +124,21 @@ def test_archive_reads_back_as_a_dataset_and_refuses_another_network(
     import pytest
 
     from stream.archive import Archive as _Archive
-    from stream.consume import ArchiveMismatch
+    from stream.archive import ArchiveMismatch
     from stream.network import Network
     from stream.window import SealedStep
 
     net = Network.simple("arch", 3, ["speed"], step_ms=60_000)
     root = tmp_path / "arch"
-    svc = IngestService(fresh_settings.kafka, fresh_settings.window, _Archive(root, net), net)
-    svc._claim_archive()
+    archive = _Archive(root, net).claim()
     steps = [
         SealedStep(60_000 * (1000 + t), np.full((3, 1), t, np.float32), np.ones((3, 1), np.uint8), 3)
         for t in range(5)
     ]
-    svc.archive.append(steps)
+    archive.append(steps)
     ds = load_dataset(root)
     assert ds.network.fingerprint() == net.fingerprint()
     np.testing.assert_array_equal(ds.values[:, 0, 0], np.arange(5))
     other = Network.simple("other", 4, ["speed"], step_ms=60_000)
     with pytest.raises(ArchiveMismatch, match="belongs to network 'arch'"):
-        IngestService(
-            fresh_settings.kafka, fresh_settings.window, _Archive(root, other), other
-        )._claim_archive()
+        _Archive(root, other).claim()

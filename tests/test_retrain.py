@@ -58,7 +58,7 @@ def _settings(base: Settings, tmp_path: Path, **retrain: Any) -> Settings:
     s.online.rolling_steps = 48  # a whole day: rolling MAEs compared across times of day stay comparable
     s.online.health_interval_s = 0.5
     s.retrain = s.retrain.model_copy(update={
-        "enabled": True, "registry": tmp_path / "registry", "min_steps": 120, "holdout_steps": 30,
+        "enabled": True, "registry": str(tmp_path / "registry"), "min_steps": 120, "holdout_steps": 30,
         "history_steps": 160, "epochs": 30, "time_budget_s": 60, "workers": 0, "promote_margin": 0.02,
         "drift_margin": 0.3, "drift_patience": 30, "backoff_s": 5, **retrain,
     })  # fmt: skip

@@ -1,17 +1,19 @@
 """Self-describing checkpoints: one `torch.save` file holding everything needed to serve a model.
 
 Contents: model kind + config, state_dict, scaler, network definition + fingerprint, target features,
-window/horizon, training data range, metrics, code version, and a sha256 over all of it. Files load with
-`torch.load(weights_only=True)` only; foreign, tampered, truncated or mismatched files raise
-`CheckpointError`.
+window/horizon, training data range, metrics, code version, and a sha256 over all of it. A checkpoint is one
+object at a path or URI (`stream.storage`: local, file://, s3://, gs://), written whole or not at all, or
+the bytes themselves (what Ray carries between nodes). It loads with `torch.load(weights_only=True)` only;
+foreign, tampered, truncated, replaced or mismatched checkpoints raise `CheckpointError`, never anything
+that would let a bad model serve. No Ray and no registry logic here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
 import pickle
 import subprocess
 import time
@@ -25,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from stream.config import StorageSettings
 from stream.network import Network, NetworkError
+from stream.storage import Location, StorageError, open_location
 from training.scaler import StandardScaler
 
 FORMAT = "sensorcast-checkpoint"
@@ -168,46 +172,76 @@ def _all_tensors(state: dict[str, torch.Tensor], scaler: dict[str, torch.Tensor]
     return {**{f"state.{k}": v for k, v in state.items()}, **{f"scaler.{k}": v for k, v in scaler.items()}}
 
 
-def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
-    """Write `ckpt` atomically to `path`; fills in `ckpt.version` (if empty) and `ckpt.sha256`."""
-    path = Path(path)
+def checkpoint_bytes(ckpt: Checkpoint) -> bytes:
+    """`ckpt` as one `torch.save` blob; fills in `ckpt.version` (if empty) and `ckpt.sha256`."""
     scaler = ckpt.scaler.state_dict()
     if not ckpt.version:
         ckpt.version = f"{ckpt.kind}-{_digest({}, ckpt.state_dict)[:10]}"
     meta = ckpt._meta()
     ckpt.sha256 = _digest(meta, _all_tensors(ckpt.state_dict, scaler))
     payload = {**meta, "state_dict": ckpt.state_dict, "scaler": scaler, "sha256": ckpt.sha256}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
 
 
-def load_checkpoint(path: str | Path, *, network: Network | None = None) -> Checkpoint:
-    """Read and verify a checkpoint; with `network`, also refuse one trained on a different network."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}")
+def save_checkpoint(
+    ckpt: Checkpoint, dest: str | Path | Location, storage: StorageSettings | None = None
+) -> str:
+    """Write `ckpt` whole (or not at all) to a path or URI; returns the object's URI. Fills in
+    `ckpt.version` (if empty) and `ckpt.sha256`. Storage failures raise `StorageError`."""
+    loc = open_location(dest, storage)
+    loc.write_bytes(checkpoint_bytes(ckpt))
+    return loc.uri
+
+
+def load_checkpoint(
+    source: str | Path | Location | bytes,
+    *,
+    network: Network | None = None,
+    storage: StorageSettings | None = None,
+    expected_sha256: str | None = None,
+    name: str = "checkpoint bytes",
+) -> Checkpoint:
+    """Read and verify a checkpoint from a path, URI or the bytes themselves (`name` labels them in errors).
+
+    With `network`, also refuse one trained on a different network; with `expected_sha256` (a registry
+    record's), refuse an object that verifies but is not the one recorded (replaced after registration).
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _from_bytes(bytes(source), name, network, expected_sha256)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        loc = open_location(source, storage)
+    except StorageError as exc:
+        raise CheckpointError(str(exc)) from exc
+    try:
+        data = loc.read_bytes()
+    except StorageError as exc:
+        missing = isinstance(exc.__cause__, FileNotFoundError)
+        raise CheckpointError(f"no checkpoint at {loc.uri}" if missing else str(exc)) from exc
+    return _from_bytes(data, loc.uri, network, expected_sha256)
+
+
+def _from_bytes(data: bytes, where: str, network: Network | None, expected_sha256: str | None) -> Checkpoint:
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path} holds pickled Python objects, refused by weights_only loading; "
+            f"{where} holds pickled Python objects, refused by weights_only loading; "
             f"only checkpoints written by sensorcast's save_checkpoint are accepted ({exc})"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path} is truncated or corrupt and cannot be read ({exc}); copy it again"
+            f"{where} is truncated or corrupt and cannot be read ({exc}); copy it again"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path} is not a sensorcast checkpoint (no format={FORMAT!r} marker): a bare state_dict or "
+            f"{where} is not a sensorcast checkpoint (no format={FORMAT!r} marker): a bare state_dict or "
             "another tool's file; export it with training.checkpoint.save_checkpoint"
         )
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint format {payload.get('format_version')}, "
+            f"{where} has checkpoint format {payload.get('format_version')}, "
             f"this code reads {FORMAT_VERSION}; "
             "use the sensorcast version that wrote it"
         )
@@ -231,19 +265,24 @@ def load_checkpoint(path: str | Path, *, network: Network | None = None) -> Chec
         )
     except (KeyError, TypeError, NetworkError) as exc:
         raise CheckpointError(
-            f"{path} lacks or mistypes a checkpoint field ({exc!r}); it is damaged"
+            f"{where} lacks or mistypes a checkpoint field ({exc!r}); it is damaged"
         ) from exc
     actual = _digest(ckpt._meta(), _all_tensors(ckpt.state_dict, payload["scaler"]))
     if actual != ckpt.sha256:
         raise CheckpointError(
-            f"{path} failed its integrity check: sha256 {actual[:16]}… differs from the recorded "
+            f"{where} failed its integrity check: sha256 {actual[:16]}… differs from the recorded "
             f"{str(ckpt.sha256)[:16]}…; it was modified after saving — do not serve it"
         )
+    if expected_sha256 is not None and ckpt.sha256 != expected_sha256:
+        raise CheckpointError(
+            f"{where} is not the checkpoint the registry recorded: its sha256 {ckpt.sha256[:16]}… differs "
+            f"from the registered {expected_sha256[:16]}…; it was replaced after registration — do not serve it"
+        )
     if payload["network_fingerprint"] != ckpt.network_fingerprint:
-        raise CheckpointError(f"{path}: its network definition does not match its recorded fingerprint")
+        raise CheckpointError(f"{where}: its network definition does not match its recorded fingerprint")
     if network is not None and network.fingerprint() != ckpt.network_fingerprint:
         raise CheckpointError(
-            f"{path} was trained on network {ckpt.network.name!r} (fingerprint {ckpt.network_fingerprint}), "
+            f"{where} was trained on network {ckpt.network.name!r} (fingerprint {ckpt.network_fingerprint}), "
             f"not on {network.name!r} ({network.fingerprint()}): sensors, features or step length differ"
         )
     return ckpt

@@ -113,7 +113,7 @@ def train(
 
 @app.command()
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint file")],
+    checkpoint: Annotated[str, typer.Argument(help="checkpoint file or URI (s3://bucket/key)")],
     dataset: DatasetOpt,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
     split: Annotated[str, typer.Option("--split", help="test or val")] = "test",
@@ -121,14 +121,19 @@ def evaluate(
 ) -> None:
     """Per-horizon MAE/RMSE/MAPE on the protocol's test part, beside persistence (and climatology for daily)."""
     from stream.datasets import load_dataset
+    from stream.storage import StorageError, open_location
     from training.checkpoint import load_checkpoint
     from training.data import DAY_MS, protocol_for
     from training.evaluate import DayOfYearClimatology, evaluate, render_table, write_json
     from training.predictor import Predictor
 
     ds = load_dataset(dataset)
-    ckpt = load_checkpoint(checkpoint, network=ds.network)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, network=ds.network)
+    try:  # read once: the checkpoint may be a remote object
+        data = open_location(checkpoint).read_bytes()
+    except StorageError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    ckpt = load_checkpoint(data, network=ds.network, name=checkpoint)
+    predictor = Predictor.from_checkpoint(data, device=device, network=ds.network)
     if split == "val" and ckpt.data_range.get("val_steps", []) is None:
         console.print(
             "[yellow]this checkpoint was refit on train+val: its validation scores are in-sample[/]"
@@ -153,10 +158,10 @@ def evaluate(
         wins = sum(r["rmse"] < b["rmse"] for r, b in zip(report["per_step"], base["per_step"], strict=True))
         console.print(f"beats {name} (RMSE) at {wins} of {report['horizon']} steps")
     report["checkpoint"] = {
-        "path": str(checkpoint),
+        "path": checkpoint,
         "sha256": ckpt.sha256,
         "kind": ckpt.kind,
-        "bytes": checkpoint.stat().st_size,
+        "bytes": len(data),
         "data_range": ckpt.data_range,
         "train": {k: v for k, v in ckpt.extra.get("train", {}).items() if k != "history"},
     }
@@ -182,7 +187,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 @app.command()
 def explain(
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint file")],
+    checkpoint: Annotated[str, typer.Argument(help="checkpoint file or URI (s3://bucket/key)")],
     dataset: DatasetOpt,
     out: Annotated[Path, typer.Option("--out", help="folder for the PNGs and neighbours.json")],
     window: Annotated[int, typer.Option("--window", help="index of the test window")] = 0,

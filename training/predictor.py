@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from stream.config import StorageSettings
 from stream.datasets import SensorDataset
 from stream.network import Network
+from stream.storage import Location
 from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
 from training.checkpoint import load_checkpoint
 from training.data import DAY_MS, time_features
@@ -168,14 +170,17 @@ class Predictor:
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | Path,
+        source: str | Path | Location | bytes,
         *,
         device: str | None = None,
         network: Network | None = None,
         backend: Backend = "torch",
+        storage: StorageSettings | None = None,
+        expected_sha256: str | None = None,
     ) -> Predictor:
-        """Load a verified checkpoint (raises `CheckpointError`); with `network`, refuse a mismatch."""
-        ckpt = load_checkpoint(path, network=network)
+        """Load a verified checkpoint from a path, URI or bytes (raises `CheckpointError`); with `network`,
+        refuse a mismatch; with `expected_sha256` (a registry record's), refuse a replaced object."""
+        ckpt = load_checkpoint(source, network=network, storage=storage, expected_sha256=expected_sha256)
         return cls(
             ckpt.build_model(),
             network=ckpt.network,

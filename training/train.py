@@ -2,8 +2,9 @@
 
 `train_func` loads the dataset, applies the field's protocol (chronological split, scaler fitted on train
 only), trains with a masked loss, early-stops on validation MAE (never on test), and has rank 0 write a
-self-describing checkpoint. `training.ray_train.train_with_ray` runs the same function on N workers through
-`TorchTrainer` (DDP; CPU or GPU); Ray is imported only there.
+self-describing checkpoint — to `out` in a plain run, through `ray.train.report(checkpoint=…)` to the run's
+shared storage under Ray Train. `training.ray_train.train_with_ray` runs the same function on N workers
+through `TorchTrainer` (DDP; CPU or GPU); Ray is imported only there and in the Ray-only branches here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from stream.datasets import SensorDataset, load_dataset
+from stream.config import StorageSettings
+from stream.datasets import SensorDataset, load_dataset, read_archive
 from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.data import DAY_MS, Protocol, WindowData, fit_scaler, protocol_for
@@ -35,8 +37,10 @@ SEQ2SEQ_PRESETS: dict[str, dict[str, Any]] = {"small": {"hidden": 64}, "full": {
 
 @dataclass
 class TrainConfig:
-    dataset: str
-    out: str
+    dataset: str  # a dataset file or folder, or an archive (folder or URI)
+    out: str = ""  # plain runs: where the checkpoint goes (path or URI); Ray Train reports it instead
+    start_ms: int | None = None  # archives: read only steps in [start_ms, end_ms)
+    end_ms: int | None = None
     model: str = "stformer"  # seq2seq | stformer | persistence | ha
     preset: str = "small"
     overrides: dict[str, Any] = field(default_factory=dict)  # model config fields
@@ -105,10 +109,17 @@ def build_model(
     raise ValueError(f"unknown model {kind!r}: expected seq2seq, stformer, persistence or ha")
 
 
-def _warm_start(model: nn.Module, kind: str, path: str) -> bool:
+def read_data(cfg: TrainConfig, storage: StorageSettings | None = None) -> SensorDataset:
+    """The training data `cfg` names: an archive range when it has one, else any dataset layout."""
+    if cfg.start_ms is not None or cfg.end_ms is not None:
+        return read_archive(cfg.dataset, start_ms=cfg.start_ms, end_ms=cfg.end_ms, storage=storage)
+    return load_dataset(cfg.dataset, storage)
+
+
+def _warm_start(model: nn.Module, kind: str, source: str | bytes, storage: StorageSettings | None) -> bool:
     """Load a checkpoint's weights when it is the same kind of model with the same shapes; else start fresh
     (a baseline champion, or a resized network, cannot seed a learned model)."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(source, storage=storage)
     if ckpt.kind != kind:
         return False
     own = model.state_dict()
@@ -189,16 +200,27 @@ def fit_historical_average(
     return model.fit(x, data.time_features.numpy()[start:end], data.mask.numpy()[start:end])
 
 
-def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train one model per `TrainConfig` fields in `config`; returns a summary (rank 0 writes `out`)."""
+def train_func(
+    config: dict[str, Any],
+    log: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    dataset: SensorDataset | None = None,
+    init_weights: bytes | None = None,
+    storage: StorageSettings | None = None,
+) -> dict[str, Any]:
+    """Train one model per `TrainConfig` fields in `config`; returns a summary. Rank 0 writes `out` (plain
+    run) or reports the checkpoint (Ray Train). `dataset` / `init_weights` given in memory replace reading
+    `config["dataset"]` / `init_checkpoint`; `storage` opens URIs."""
     cfg = TrainConfig.from_dict(config)
     in_ray = bool(config.get("_ray"))
+    if not in_ray and not cfg.out:
+        raise ValueError("a plain training run needs `out`: where to write the checkpoint")
     if cfg.nice > 0:
         os.nice(cfg.nice)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    ds = load_dataset(cfg.dataset)
+    ds = dataset if dataset is not None else read_data(cfg, storage)
     protocol = protocol_for(ds, window=cfg.window, horizon=cfg.horizon)
     scaler = fit_scaler(ds, protocol)
     kind = MODEL_ALIASES.get(cfg.model, cfg.model)
@@ -224,8 +246,8 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
         best_state = model.state_dict()
     else:
         model = build_model(kind, ds, protocol, cfg.preset, cfg.overrides)
-        if cfg.init_checkpoint:
-            _warm_start(model, kind, cfg.init_checkpoint)
+        if init_weights is not None or cfg.init_checkpoint:
+            _warm_start(model, kind, init_weights or cfg.init_checkpoint, storage)  # type: ignore[arg-type]
         if in_ray:
             import ray.train.torch
 
@@ -333,6 +355,7 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
         "samples_per_s": history[-1]["samples_per_s"] if history else 0.0,
         "workers": d.world,
     }
+    ckpt = None
     if d.rank == 0:
         step_ts = ds.step_ts
         ckpt = Checkpoint.from_model(
@@ -354,10 +377,29 @@ def train_func(config: dict[str, Any], log: Callable[[dict[str, Any]], None] | N
             metrics={} if summary["val_mae"] is None else {"val_mae": best_val},
             extra={"train": {**summary, "config": asdict(cfg), "history": history}},
         )
-        save_checkpoint(ckpt, cfg.out)
-        summary["checkpoint"] = str(cfg.out)
-        summary["version"] = ckpt.version
+        if not in_ray:
+            summary["checkpoint"] = save_checkpoint(ckpt, cfg.out, storage)
+            summary["version"] = ckpt.version
+    if in_ray:
+        _report_final(summary, ckpt)
     return summary
+
+
+def _report_final(summary: dict[str, Any], ckpt: Checkpoint | None) -> None:
+    """Ray Train: every rank reports the summary; rank 0 attaches the checkpoint, which Ray copies to the
+    run's storage (an object store on a cluster) — the driver takes it from there, never from this node."""
+    import tempfile
+
+    import ray
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="sensorcast-ckpt-") as tmp:
+        if ckpt is None:
+            ray.train.report(dict(summary))
+            return
+        save_checkpoint(ckpt, Path(tmp) / "model.pt")
+        metrics = {**summary, "version": ckpt.version, "node": ray.get_runtime_context().get_node_id()}
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def _lr(cfg: TrainConfig, epoch: int, progress: float) -> float:

@@ -1,5 +1,5 @@
 """What the dashboard shows, read from what the serving pipeline wrote: Redis keys (names from
-`serving.keys` via `ForecastClient`) and, optionally, the model registry directory.
+`serving.keys` via `ForecastClient`) and, optionally, the model registry (a folder or an s3:// / gs:// URI).
 
 Every method returns plain JSON-ready data (non-finite numbers become `None`). This module only reads: it
 never writes to Redis or the registry, and knows nothing about HTTP.
@@ -19,7 +19,9 @@ import redis
 
 from serving.client import ForecastClient, StepSnapshot
 from serving.dashboard.layout import positions
+from stream.config import StorageSettings
 from stream.network import Network
+from stream.storage import Location, StorageError
 from training.registry import Registry
 
 
@@ -51,16 +53,24 @@ def _number(raw: bytes | str | None) -> float | None:
 
 
 class DashboardReader:
-    """Reads one network's keys. `registry` is a registry root, or None when none is configured."""
+    """Reads one network's keys. `registry` is a registry root (folder or URI), or None when none is
+    configured; `storage` says how an `s3://` root is reached."""
 
     def __init__(
-        self, client: redis.Redis, network: Network, *, prefix: str = "sc", registry: Path | None = None
+        self,
+        client: redis.Redis,
+        network: Network,
+        *,
+        prefix: str = "sc",
+        registry: str | Path | Location | None = None,
+        storage: StorageSettings | None = None,
     ) -> None:
         self.client = ForecastClient(client, network.name, prefix)
         self.redis = client
         self.keys = self.client.keys
         self.network = network
-        self.registry = registry
+        # no I/O here: a Registry only opens its location; it reads when asked
+        self.registry = None if registry is None else Registry(registry, storage)
 
     @cached_property
     def _layout(self) -> tuple[np.ndarray, bool]:
@@ -280,6 +290,8 @@ class DashboardReader:
                 "dead_by_reason": js("dead_by_reason"),
                 "lag": lag,
                 "lag_total": sum(lag.values()),
+                "unarchived_steps": int(_number(h.get("unarchived_steps")) or 0),
+                "archive_failures": int(_number(h.get("archive_failures")) or 0),
             }
         )
 
@@ -295,12 +307,18 @@ class DashboardReader:
                 "versions": [],
                 "history": [],
             }
-        reg = Registry(self.registry)
-        champion = reg.champion()
-        history = reg.history()
+        reg = self.registry
+        root = reg.root.uri
+        try:
+            champion = reg.champion()
+            history = reg.history()
+            records = reg.list()
+        except StorageError as exc:  # shown on the page; the rest of the dashboard goes on
+            return {"configured": True, "message": f"cannot read the registry: {exc}", "root": root,
+                    "champion": None, "versions": [], "history": []}  # fmt: skip
         promoted = {h["version"] for h in history}
         versions = []
-        for r in reversed(reg.list()):  # newest first
+        for r in reversed(records):  # newest first
             role = (
                 "champion"
                 if champion and r.version == champion.version
@@ -320,16 +338,12 @@ class DashboardReader:
                     "data_range": r.data_range,
                 }
             )
-        message = (
-            f"{len(versions)} versions in {self.registry}"
-            if versions
-            else f"registry {self.registry} is empty"
-        )
+        message = f"{len(versions)} versions in {root}" if versions else f"registry {root} is empty"
         return clean(
             {
                 "configured": True,
                 "message": message,
-                "root": str(self.registry),
+                "root": root,
                 "champion": champion.version if champion else None,
                 "versions": versions,
                 "history": history,

@@ -136,6 +136,8 @@ class HealthView(BaseModel):
     dead_by_reason: dict[str, int] = Field(default_factory=dict)
     lag: dict[str, int] = Field(default_factory=dict, description="messages behind, per partition")
     lag_total: int = 0
+    unarchived_steps: int = Field(default=0, description="sealed steps waiting for the archive (store down)")
+    archive_failures: int = Field(default=0, description="failed archive writes since the pipeline started")
 
 
 class ModelVersion(BaseModel):

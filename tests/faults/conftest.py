@@ -31,6 +31,7 @@ SCENARIOS = (
     "forecaster actor killed",
     "broker paused 30 s",
     "redis paused 30 s",
+    "object store paused 8 s",
     "training job crash",
     "training NaN loss",
     "tampered checkpoint",

@@ -33,7 +33,7 @@ STEP = 60_000
 T0 = 1_767_225_600_000
 
 
-def _good(network: Network, path: Path, window: int, horizon: int) -> Path:
+def _good(network: Network, path: Path, window: int, horizon: int) -> str:
     ckpt = Checkpoint.from_model(
         "persistence", Persistence(PersistenceConfig(horizon=horizon, targets=tuple(range(network.n_features)))),
         scaler=StandardScaler.identity(network.n_features), network=network, targets=network.feature_names,
@@ -42,13 +42,13 @@ def _good(network: Network, path: Path, window: int, horizon: int) -> Path:
     return save_checkpoint(ckpt, path)
 
 
-def _spoil(kind: str, good: Path, out: Path) -> Path:
+def _spoil(kind: str, good: str, out: Path) -> Path:
     if kind == "tampered":
         payload = torch.load(good, weights_only=True)
         payload["scaler"]["mean"][0] += 1.0
         torch.save(payload, out)
     elif kind == "truncated":
-        out.write_bytes(good.read_bytes()[:600])
+        out.write_bytes(Path(good).read_bytes()[:600])
     else:
         torch.save({"weight": torch.zeros(3)}, out)
     return out
@@ -72,7 +72,7 @@ def test_serve_refuses_bad_checkpoint(kind: str, fault_settings: Settings, tmp_p
         kind, _good(network, tmp_path / "good.pt", s.window.window, s.window.horizon), tmp_path / "bad.pt"
     )
     env = {"SENSORCAST_REDIS__KEY_PREFIX": s.redis.key_prefix, "SENSORCAST_KAFKA__READINGS_TOPIC": s.kafka.readings_topic,
-           "SENSORCAST_ARCHIVE__ROOT": s.archive.root.as_posix()}  # fmt: skip
+           "SENSORCAST_ARCHIVE__ROOT": s.archive.root}  # fmt: skip
     t0 = time.monotonic()
     out = CliRunner().invoke(app, ["serve", "--model", str(bad), "--network", str(net_file), "--duration", "1",
                                    "--bootstrap", str(s.kafka.bootstrap),
@@ -109,7 +109,7 @@ def test_registry_follower_refuses_spoiled_champion(fault_settings: Settings, tm
             )
             for i, kind in enumerate(("tampered", "truncated", "foreign")):
                 v = reg.register(good, reason=f"to be {kind}")
-                _spoil(kind, good, Path(v.path))  # spoiled after registration: only the follower can notice
+                _spoil(kind, good, Path(v.uri))  # spoiled after registration: only the follower can notice
                 reg.promote(v.version, reason="spoiled champion")
                 before = pipe.steps_forecast
                 for t in range(10 + 5 * i, 15 + 5 * i):
@@ -130,7 +130,7 @@ def _retrain_settings(base: Settings, tmp_path: Path, **retrain: Any) -> Setting
     s.window.window, s.window.horizon = 12, 6
     s.online.rolling_steps = 24
     s.retrain = s.retrain.model_copy(update={
-        "enabled": True, "registry": tmp_path / "registry", "min_steps": 120, "holdout_steps": 30,
+        "enabled": True, "registry": str(tmp_path / "registry"), "min_steps": 120, "holdout_steps": 30,
         "history_steps": 90, "epochs": 2, "time_budget_s": 30, "workers": 0, "every_steps": 130,
         "backoff_s": 600, "model": "stformer", "preset": "small", **retrain,
     })  # fmt: skip
@@ -146,12 +146,12 @@ def test_training_fault_leaves_champion_and_serving(fault: str, fault_settings: 
     real = train_mod.train_func
     if fault == "crash":
 
-        def job(config: dict[str, Any], log: Any = None) -> dict[str, Any]:
+        def job(config: dict[str, Any], log: Any = None, **kw: Any) -> dict[str, Any]:
             raise MemoryError("simulated: the training worker died mid-epoch")
     else:  # a diverging job: the real training loop with a learning rate of 1e9
 
-        def job(config: dict[str, Any], log: Any = None) -> dict[str, Any]:
-            return real({**config, "lr": 1e9, "warmup_epochs": 0}, log)
+        def job(config: dict[str, Any], log: Any = None, **kw: Any) -> dict[str, Any]:
+            return real({**config, "lr": 1e9, "warmup_epochs": 0}, log, **kw)
 
     monkeypatch.setattr(train_mod, "train_func", job)
 

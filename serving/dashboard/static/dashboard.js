@@ -210,6 +210,7 @@ function drawHealth(h) {
   $("health-sealed").textContent = stamp(h.last_sealed);
   $("health-steps").textContent = h.steps_forecast == null ? "–" : String(h.steps_forecast);
   $("health-lag").textContent = `${h.lag_total} (${Object.entries(h.lag).map(([p, n]) => `p${p}: ${n}`).join(", ") || "no partitions"})`;
+  $("health-archive").textContent = h.unarchived_steps ? `DOWN: ${h.unarchived_steps} steps waiting, ${h.archive_failures} failed writes` : "writable";
   $("health-late").textContent = ledger.late ?? "–";
   $("health-dups").textContent = ledger.duplicates ?? "–";
   $("health-dead").textContent = `${ledger.dead_lettered ?? 0} of ${ledger.received ?? 0} received`;
