@@ -92,7 +92,7 @@ def build_predictor(
 
 
 class Forecaster:
-    """The actor body (plain class, so it is testable without Ray); `ForecasterActor` is its Ray form."""
+    """The actor body (a plain class, so it is testable without Ray); `make_actor` starts it as a Ray actor."""
 
     def __init__(
         self,

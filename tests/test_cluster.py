@@ -32,6 +32,7 @@ import redis
 
 from serving.config import Settings
 from serving.embedded import EmbeddedRuntime
+from serving.keys import Keys
 from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.simulate import Simulator, SimulatorConfig, simulated_network
 from tests.cluster import RayCluster, unshare_permitted
@@ -183,7 +184,7 @@ def _serve_env(cluster: RayCluster, embedded: EmbeddedRuntime, moto: MotoServer,
 
 def _events(r: redis.Redis, prefix: str, net: str) -> list[dict[str, Any]]:
     out = []
-    for _, f in r.xrange(f"{prefix}:{{{net}}}:events"):
+    for _, f in r.xrange(Keys(prefix, net).events):
         e = {k.decode(): v.decode() for k, v in f.items()}
         e["detail"] = json.loads(e.get("detail") or "{}")
         out.append(e)
@@ -296,7 +297,7 @@ def test_serve_with_retraining_on_a_cluster_without_shared_filesystem(
             log.close()
         entries = [
             (int(f[b"step_ts"]), f[b"model_version"].decode())
-            for _, f in r.xrange(f"{prefix}:{{cluster}}:forecasts")
+            for _, f in r.xrange(Keys(prefix, "cluster").stream)
         ]
     steps = [t for t, _ in entries]
     want = [T0 + t * STEP for t in range(11, (max(steps) - T0) // STEP + 1)]
@@ -315,5 +316,5 @@ def test_serve_with_retraining_on_a_cluster_without_shared_filesystem(
 
 
 def _latest(r: redis.Redis, prefix: str) -> int:
-    raw = r.hget(f"{prefix}:{{cluster}}:latest:meta", "step_ts")
+    raw = r.hget(Keys(prefix, "cluster").latest_meta, "step_ts")
     return int(raw) if raw is not None else -1

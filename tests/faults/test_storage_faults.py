@@ -19,6 +19,7 @@ import redis
 
 from serving.config import Settings
 from serving.forecaster import ModelSpec
+from serving.keys import Keys
 from serving.pipeline import ServePipeline
 from stream.archive import Archive
 from stream.kafka_io import ReadingProducer, ensure_topics
@@ -118,7 +119,7 @@ def test_object_store_outage_keeps_forecasting_and_loses_nothing(
     step_ts, _, mask = Archive(s.archive.root, network, s.storage).read()
     archived = [int(t) for t in step_ts]
     r = redis.Redis.from_url(s.redis.url.get_secret_value())
-    got = [int(f[b"step_ts"]) for _, f in r.xrange(f"{s.redis.key_prefix}:{{s3outage}}:forecasts")]
+    got = [int(f[b"step_ts"]) for _, f in r.xrange(Keys(s.redis.key_prefix, "s3outage").stream)]
     want_forecast = want[s.window.window - 1 :]
     ledger = pipe.ingest.ingestor.ledger.total()
     missing_archive = sorted(set(want) - set(archived))
