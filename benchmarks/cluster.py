@@ -5,8 +5,9 @@ thing on one node, measured in one run.
   from the driver's disk (shipped as bytes through Ray's object store), and an actor on the driver's node
   loading the local path (the one-machine baseline); driver-observed wall time of `load()` and the actor's
   own time, medians of `--repeats`;
-- retraining data: a Los-loop-sized archive range (207 sensors × 2,016 steps, one Parquet file per step
-  as live serving writes them) read by `read_archive` from the object store vs from a local folder;
+- retraining data: a Los-loop-sized archive range (207 sensors × 2,016 steps) read by `read_archive` from
+  the object store vs from a local folder, first with one Parquet file per step (as live serving writes
+  them), then after `Archive.compact` (one file per closed UTC day, what the ingest service keeps);
 - live seal→Redis p99 at 207 sensors (STFormer small, ONNX Runtime) with the forecaster actor on the
   isolated node vs on the driver's node, alternating (remote, local, local, remote); target ratio ≤ 1.3.
 
@@ -60,14 +61,23 @@ def read_archive_times(moto: Any, root: Path, steps: int, repeats: int) -> dict[
         for step in sealed:  # as live serving writes: one append (one file) per sealed step
             archive.append([step])
         out[f"write_{name}_s"] = round(time.perf_counter() - t0, 2)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            ds = read_archive(where, storage=storage)
-            times.append(time.perf_counter() - t0)
-            assert ds.n_steps == steps
-        out[f"read_{name}_ms"] = round(1000 * statistics.median(times), 1)
-    out["read_s3_vs_local_ratio"] = round(out["read_s3_ms"] / out["read_local_ms"], 2)
+        for layout in ("per_step", "compacted"):
+            if layout == "compacted":
+                t0 = time.perf_counter()
+                archive.compact()  # what the ingest service does once a UTC day is closed
+                out[f"compact_{name}_s"] = round(time.perf_counter() - t0, 2)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                ds = read_archive(where, storage=storage)
+                times.append(time.perf_counter() - t0)
+                assert ds.n_steps == steps
+            out[f"read_{name}_{layout}_ms"] = round(1000 * statistics.median(times), 1)
+        out[f"files_{name}_compacted"] = len(Archive(where, network, storage)._files)
+    for layout in ("per_step", "compacted"):
+        out[f"read_s3_vs_local_{layout}_ratio"] = round(
+            out[f"read_s3_{layout}_ms"] / out[f"read_local_{layout}_ms"], 2
+        )
     return out
 
 
@@ -197,9 +207,12 @@ def main() -> None:
         "checkpoint_load_uri_vs_local_ratio": round(
             loads["remote_actor_uri"]["wall_ms"] / loads["local_actor_local_path"]["wall_ms"], 2
         ),
-        "retrain_read_s3_ms": reads["read_s3_ms"],
-        "retrain_read_local_ms": reads["read_local_ms"],
-        "retrain_read_s3_vs_local_ratio": reads["read_s3_vs_local_ratio"],
+        "retrain_read_s3_compacted_ms": reads["read_s3_compacted_ms"],
+        "retrain_read_local_compacted_ms": reads["read_local_compacted_ms"],
+        "retrain_read_s3_vs_local_compacted_ratio": reads["read_s3_vs_local_compacted_ratio"],
+        "retrain_read_s3_per_step_files_ms": reads["read_s3_per_step_ms"],
+        "retrain_read_local_per_step_files_ms": reads["read_local_per_step_ms"],
+        "retrain_read_s3_vs_local_per_step_files_ratio": reads["read_s3_vs_local_per_step_ratio"],
         "live_p50_ms_remote": round(p50["remote"], 1),
         "live_p50_ms_local": round(p50["local"], 1),
         "live_p99_ms_remote": round(p99["remote"], 1),

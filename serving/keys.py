@@ -15,13 +15,13 @@ keys live in one slot and the per-step write can be one atomic script. With the 
 | `sc:{sim}:actuals` | stream | one entry per sealed step: `step_ts`, `shape` ("N,F"), `values` (float32le `[N, F]`, last-observation filled), `mask` (uint8 `[N, F]`); capped by `stream_maxlen` |
 | `sc:{sim}:online:<model_version>` | string | JSON all-time online scores of a version: `{"mae": [H], "rmse": [H], "mape": [H], "n": [H], "last_step"}` |
 | `sc:{sim}:online:rolling` | string | JSON rolling scores of the serving model over the last steps: `{"mae": [H], "rmse": [H], "n": [H], "steps", "model_version", "step_ts"}` |
-| `sc:{sim}:online:history` | stream | per sealed step: `step_ts`, `model_version`, `mae` (JSON `[H]` rolling MAE), `mean_mae` |
-| `sc:{sim}:health` | hash | ingest health, refreshed about once a second: `ledger` (JSON totals), `dead_by_reason` (JSON), `lag` (JSON per partition), `watermark`, `last_sealed`, `steps_forecast`, `readings_per_s`, `updated_ms` |
-| `sc:{sim}:events` | stream | model lifecycle: `ts`, `type` (serving, drift, retrain_started, retrain_failed, promoted, rejected, rollback), `model_version`, `detail` (JSON) |
+| `sc:{sim}:online:history` | stream | per update of the online scores: `step_ts`, `model_version`, `mae` (JSON `[H]` rolling MAE), `mean_mae` |
+| `sc:{sim}:health` | hash | ingest health, refreshed about once a second: `ledger` (JSON totals), `dead_by_reason` (JSON), `lag` (JSON per partition), `watermark`, `last_sealed`, `steps_forecast`, `readings_per_s`, `model_version`, `unarchived_steps`, `archive_failures`, `updated_ms` |
+| `sc:{sim}:events` | stream | model lifecycle: `ts`, `type` (serving — also after a rollback or promotion, with the actors' Ray nodes —, actors_recovered, drift, retrain_started, retrain_failed, promoted, rejected), `model_version`, `detail` (JSON); capped, no TTL |
 | `sc:{sim}:sensors` | string | JSON list of sensor ids in network order (the N axis of `values`) |
 
-Everything expires after `ttl_s` (refreshed on each write), the stream is capped, and the idempotency
-record is trimmed to the TTL window. Plain redis-cli: `HGET 'sc:{sim}:latest' s0001`,
+Everything but `events` expires after `ttl_s` (refreshed on each write; `sensors` with each health
+update), the streams are capped, and the idempotency record is trimmed to the TTL window. Plain redis-cli: `HGET 'sc:{sim}:latest' s0001`,
 `XREVRANGE 'sc:{sim}:forecasts' + - COUNT 1`, `SUBSCRIBE 'sc:{sim}:steps'`.
 """
 

@@ -192,6 +192,7 @@ class RedisSink:
             pipe = self.client.pipeline(transaction=False)
             pipe.hset(self.keys.health, mapping=fields)  # type: ignore[arg-type]
             pipe.expire(self.keys.health, self.ttl_s)
+            pipe.expire(self.keys.sensors, self.ttl_s)  # written once at start: kept while serving
             return pipe.execute()
 
         self._retrying(op)

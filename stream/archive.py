@@ -154,12 +154,14 @@ class Archive:
         """
         lo = -(2**62) if start_ms is None else start_ms
         hi = 2**62 if end_ms is None else end_ms
-        paths = [loc.path for first, last, loc in self._files if last >= lo and first < hi]
         n, f = self.network.n_sensors, self.network.n_features
-        if not paths:
+        try:
+            table = self._read_table(lo, hi)
+        except FileNotFoundError:  # a writer compacted files away since this object listed them
+            self._scan()
+            table = self._read_table(lo, hi)
+        if table is None:
             return np.zeros(0, np.int64), np.zeros((0, n, f), np.float32), np.zeros((0, n, f), np.uint8)
-        # one dataset over the files: an object store's GETs run concurrently, not one after the other
-        table = pads.dataset(paths, filesystem=self.root.fs, format="parquet").to_table()
         step = table.column("step_ts").to_numpy()
         keep = (step >= lo) & (step < hi)
         step = step[keep]
@@ -174,6 +176,48 @@ class Archive:
         values[ti[known], si[known], fi[known]] = value[known]
         mask[ti[known], si[known], fi[known]] = observed[known]
         return step_ts, values, mask
+
+    def _read_table(self, lo: int, hi: int) -> pa.Table | None:
+        paths = [loc.path for first, last, loc in self._files if last >= lo and first < hi]
+        if not paths:
+            return None
+        # one dataset over the files: an object store's GETs run concurrently, not one after the other
+        return pads.dataset(paths, filesystem=self.root.fs, format="parquet").to_table()
+
+    def compact(self) -> int:
+        """Merge each closed UTC day's files into one (a day is closed once a later day has a step), so
+        reading a range costs a few requests, not one per step; returns the files removed.
+
+        The merged file is written before its parts are deleted, so readers see every step throughout (at
+        worst twice, which `read` tolerates; a reader whose listing lost a file lists again). A crash in
+        between leaves parts inside the merged file's range: the next call deletes them."""
+        last = self.last_step()
+        if last is None:
+            return 0
+        today = utc_day(last)
+        by_day: dict[str, list[tuple[int, int, Location]]] = {}
+        for entry in self._files:
+            day = entry[2].parent.name.removeprefix("date=")
+            if day < today:
+                by_day.setdefault(day, []).append(entry)
+        removed = 0
+        for day, files in by_day.items():
+            covered = [e for e in files if any(o is not e and o[0] <= e[0] and e[1] <= o[1] for o in files)]
+            parts = [e for e in files if e not in covered]
+            if len(parts) > 1:
+                first, last_ts = parts[0][0], max(e[1] for e in parts)
+                merged = self.steps_dir / f"date={day}" / f"part-{first}-{last_ts}.parquet"
+                table = pads.dataset([e[2].path for e in parts], filesystem=self.root.fs, format="parquet")
+                _write(table.to_table(), merged)
+                covered, files = files, [*files, (first, last_ts, merged)]
+            for e in covered:
+                e[2].delete()
+                self._files.remove(e)
+                removed += 1
+            if len(parts) > 1:
+                self._files.append(files[-1])
+        self._files.sort(key=lambda f: (f[0], f[1]))
+        return removed
 
     # -- late log --------------------------------------------------------------------------------------
 

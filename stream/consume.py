@@ -186,6 +186,10 @@ class IngestService:
         if self._failing_since is not None:
             log.info("archive writable again", extra={"outage_s": round(now - self._failing_since, 1)})
         self._failing_since, self._streak = None, 0
+        try:  # once a day: merge the closed day's files (one per step) so reads cost a few requests
+            self.archive.compact()
+        except (StorageError, OSError) as exc:  # the parts stay readable; the next success tries again
+            log.warning("archive compaction failed", extra={"error": str(exc)[:300]})
         return True
 
     def lag(self) -> dict[int, int]:

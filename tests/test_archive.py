@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,3 +178,41 @@ def test_late_log_round_trip(tmp_path: Path) -> None:
     assert frame["value"].tolist() == [3.5, 1.0, 7.0]
     assert frame["offset"].tolist() == [11, 5, 12]
     assert frame["partition"].tolist() == [0, 1, 2]
+
+
+def test_closed_days_are_compacted_into_one_file_and_read_the_same(tmp_path: Path) -> None:
+    day = 86_400_000
+    start = 1_767_225_600_000  # a UTC midnight
+    sealed = [
+        SealedStep(
+            start + i * day // 8,
+            np.full((NET.n_sensors, NET.n_features), i, np.float32),
+            np.ones((NET.n_sensors, NET.n_features), np.uint8),
+            0,
+        )
+        for i in range(20)
+    ]
+    archive = Archive(tmp_path, NET)
+    for step in sealed:  # one file per step, as live serving writes
+        archive.append([step])
+    before = archive.read()
+    files_before = len(list((tmp_path / "steps").rglob("*.parquet")))
+    removed = archive.compact()
+    files_after = sorted(p.name for p in (tmp_path / "steps").rglob("*.parquet"))
+    print(f"{files_before} files -> {len(files_after)} ({removed} removed): {files_after}")
+    assert files_before == 20 and removed == 16  # days 1 and 2 (8 files each) merged; day 3 is open
+    assert len(files_after) == 6
+    for got, want in zip(Archive(tmp_path, NET).read(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert archive.compact() == 0
+    # a crash between writing the merged file and deleting its parts: the parts are deleted next time
+    archive.append([SealedStep(start + 3 * day, sealed[0].values, sealed[0].mask, 0)])  # closes day 3
+    parts = sorted((tmp_path / "steps" / "date=2026-01-03").glob("*.parquet"))
+    stale = tmp_path / "stale.parquet"
+    shutil.copy(parts[0], stale)
+    archive.compact()
+    shutil.copy(stale, parts[0])  # the part is back beside the merged file
+    reopened = Archive(tmp_path, NET)
+    for got, want in zip(reopened.read(end_ms=start + 3 * day), before, strict=True):
+        np.testing.assert_array_equal(got, want)  # read tolerates the duplicate rows
+    assert reopened.compact() == 1 and len(list((tmp_path / "steps" / "date=2026-01-03").glob("*"))) == 1
