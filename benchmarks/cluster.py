@@ -164,11 +164,13 @@ def main() -> None:
         moto = MotoServer.start(root)
         try:
             reads = read_archive_times(moto, data, archive_steps, repeats)
-            print(
-                f"archive read, {archive_steps} steps × 207 sensors: local {reads['read_local_ms']} ms, "
-                f"s3 {reads['read_s3_ms']} ms (x{reads['read_s3_vs_local_ratio']})",
-                flush=True,
-            )
+            for layout in ("per_step", "compacted"):
+                print(
+                    f"archive read ({layout} files), {archive_steps} steps × 207 sensors: local "
+                    f"{reads[f'read_local_{layout}_ms']} ms, s3 {reads[f'read_s3_{layout}_ms']} ms "
+                    f"(x{reads[f'read_s3_vs_local_{layout}_ratio']})",
+                    flush=True,
+                )
             bucket = moto.bucket(f"bench-{uuid.uuid4().hex[:10]}")
             with (
                 EmbeddedRuntime() as rt,

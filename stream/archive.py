@@ -157,7 +157,7 @@ class Archive:
         n, f = self.network.n_sensors, self.network.n_features
         try:
             table = self._read_table(lo, hi)
-        except FileNotFoundError:  # a writer compacted files away since this object listed them
+        except FileNotFoundError:  # a compaction removed files since this object listed them
             self._scan()
             table = self._read_table(lo, hi)
         if table is None:
@@ -183,6 +183,24 @@ class Archive:
             return None
         # one dataset over the files: an object store's GETs run concurrently, not one after the other
         return pads.dataset(paths, filesystem=self.root.fs, format="parquet").to_table()
+
+    def refresh(self) -> None:
+        """List the files again (after another `Archive` on the same root compacted them)."""
+        self._scan()
+
+    def needs_compaction(self) -> bool:
+        """Whether a closed UTC day holds more than one file (no I/O: from the listing)."""
+        last = self.last_step()
+        if last is None:
+            return False
+        today, seen = utc_day(last), set()
+        for _, _, loc in self._files:
+            day = loc.parent.name
+            if day < f"date={today}":
+                if day in seen:
+                    return True
+                seen.add(day)
+        return False
 
     def compact(self) -> int:
         """Merge each closed UTC day's files into one (a day is closed once a later day has a step), so

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from stream.archive import Archive
@@ -67,6 +68,8 @@ class IngestService:
         self._streak = 0  # consecutive failures: the backoff
         self._retry_at = 0.0
         self._failing_since: float | None = None
+        self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compact")
+        self._compaction: Future[int] | None = None
         self._assigned_at: dict[int, int] = {}
 
     def start(self) -> IngestService:
@@ -186,11 +189,25 @@ class IngestService:
         if self._failing_since is not None:
             log.info("archive writable again", extra={"outage_s": round(now - self._failing_since, 1)})
         self._failing_since, self._streak = None, 0
-        try:  # once a day: merge the closed day's files (one per step) so reads cost a few requests
-            self.archive.compact()
-        except (StorageError, OSError) as exc:  # the parts stay readable; the next success tries again
-            log.warning("archive compaction failed", extra={"error": str(exc)[:300]})
+        self._compact()
         return True
+
+    def _compact(self) -> None:
+        """Once a UTC day is closed, merge its files (one per step) in the background, so reading a range
+        costs a few requests instead of one per step; this loop never waits for it."""
+        job = self._compaction
+        if job is not None:
+            if not job.done():
+                return
+            self._compaction = None
+            try:
+                log.info("archive compacted", extra={"files_removed": job.result()})
+            except (StorageError, OSError) as exc:  # the parts stay readable; tried again later
+                log.warning("archive compaction failed", extra={"error": str(exc)[:300]})
+            self.archive.refresh()
+        elif self.archive.needs_compaction():
+            root, network = self.archive.root, self.network  # its own listing there: no shared state
+            self._compaction = self._compactor.submit(lambda: Archive(root, network).compact())
 
     def lag(self) -> dict[int, int]:
         assert self.consumer is not None
@@ -204,3 +221,4 @@ class IngestService:
                 except Exception:  # closing must not hide the error that brought us here
                     log.exception("error while closing")
         self.consumer = self.dead_letters = None
+        self._compactor.shutdown(wait=False, cancel_futures=True)  # an interrupted one is redone later

@@ -216,3 +216,29 @@ def test_closed_days_are_compacted_into_one_file_and_read_the_same(tmp_path: Pat
     for got, want in zip(reopened.read(end_ms=start + 3 * day), before, strict=True):
         np.testing.assert_array_equal(got, want)  # read tolerates the duplicate rows
     assert reopened.compact() == 1 and len(list((tmp_path / "steps" / "date=2026-01-03").glob("*"))) == 1
+
+
+def test_ingest_service_compacts_closed_days_in_the_background(tmp_path: Path) -> None:
+    from stream.config import KafkaSettings, WindowSettings
+    from stream.consume import IngestService
+
+    day = 86_400_000
+    start = 1_767_225_600_000
+    archive = Archive(tmp_path, NET)
+    values = np.ones((NET.n_sensors, NET.n_features), np.float32)
+    for i in range(12):  # 1.5 days, one file per step
+        archive.append([SealedStep(start + i * day // 8, values * i, np.ones_like(values, np.uint8), 0)])
+    before = archive.read()
+    svc = IngestService(KafkaSettings(), WindowSettings(), archive, NET)  # no I/O until start()
+    assert archive.needs_compaction()
+    svc._compact()  # submits the job and returns at once
+    job = svc._compaction
+    assert job is not None
+    job.result(timeout=30)
+    svc._compact()  # collects it: the service's archive lists the merged files
+    svc.close()
+    files = sorted(p.name for p in (tmp_path / "steps").rglob("*.parquet"))
+    print(files)
+    assert len(files) == 5 and not archive.needs_compaction()  # day 1 merged, 4 open-day files
+    for got, want in zip(archive.read(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
