@@ -159,6 +159,7 @@ def run_case(
             p99_ms=float(np.percentile(lat, 99)) if len(lat) else None,
             inference_ms_last=pipe.dispatcher.last_infer_ms if pipe.dispatcher else None,
             device=pipe.dispatcher.devices()[0] if pipe.dispatcher else None,
+            node=pipe.dispatcher.infos()[0]["node"] if pipe.dispatcher else None,
         )
     finally:
         pipe.close()

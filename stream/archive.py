@@ -51,6 +51,7 @@ else:  # pragma: no cover
 _PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 LATE_COLUMNS = ("sensor", "feature", "ts", "value", "step_ts", "partition", "offset")
 NETWORK_FILE = "network.toml"
+OPEN_DAY_PARTS = 48  # files of the open day that are merged into one (4 hours of 5-minute steps)
 
 
 class ArchiveMismatch(RuntimeError):
@@ -188,52 +189,45 @@ class Archive:
         """List the files again (after another `Archive` on the same root compacted them)."""
         self._scan()
 
-    def needs_compaction(self) -> bool:
-        """Whether a closed UTC day holds more than one file (no I/O: from the listing)."""
+    def _by_day(self) -> tuple[str, dict[str, list[tuple[int, int, Location]]]]:
+        """(the open day — that of the newest step —, the files of each UTC day)."""
+        by_day: dict[str, list[tuple[int, int, Location]]] = {}
+        for entry in self._files:
+            by_day.setdefault(entry[2].parent.name.removeprefix("date="), []).append(entry)
         last = self.last_step()
-        if last is None:
-            return False
-        today, seen = utc_day(last), set()
-        for _, _, loc in self._files:
-            day = loc.parent.name
-            if day < f"date={today}":
-                if day in seen:
-                    return True
-                seen.add(day)
-        return False
+        return ("" if last is None else utc_day(last)), by_day
+
+    def needs_compaction(self) -> bool:
+        """Whether a closed UTC day holds several files, or the open day `OPEN_DAY_PARTS` (no I/O)."""
+        today, by_day = self._by_day()
+        return any(len(files) >= (OPEN_DAY_PARTS if day == today else 2) for day, files in by_day.items())
 
     def compact(self) -> int:
-        """Merge each closed UTC day's files into one (a day is closed once a later day has a step), so
-        reading a range costs a few requests, not one per step; returns the files removed.
+        """Merge each closed UTC day's files into one (a day is closed once a later day has a step), and the
+        open day's once it has `OPEN_DAY_PARTS`, so reading a range costs a few requests, not one per step;
+        returns the files removed. Appends go on meanwhile: they only add files after the merged range.
 
         The merged file is written before its parts are deleted, so readers see every step throughout (at
         worst twice, which `read` tolerates; a reader whose listing lost a file lists again). A crash in
         between leaves parts inside the merged file's range: the next call deletes them."""
-        last = self.last_step()
-        if last is None:
-            return 0
-        today = utc_day(last)
-        by_day: dict[str, list[tuple[int, int, Location]]] = {}
-        for entry in self._files:
-            day = entry[2].parent.name.removeprefix("date=")
-            if day < today:
-                by_day.setdefault(day, []).append(entry)
+        today, by_day = self._by_day()
         removed = 0
         for day, files in by_day.items():
             covered = [e for e in files if any(o is not e and o[0] <= e[0] and e[1] <= o[1] for o in files)]
             parts = [e for e in files if e not in covered]
-            if len(parts) > 1:
+            merge = len(parts) >= (OPEN_DAY_PARTS if day == today else 2)
+            if merge:
                 first, last_ts = parts[0][0], max(e[1] for e in parts)
                 merged = self.steps_dir / f"date={day}" / f"part-{first}-{last_ts}.parquet"
                 table = pads.dataset([e[2].path for e in parts], filesystem=self.root.fs, format="parquet")
                 _write(table.to_table(), merged)
-                covered, files = files, [*files, (first, last_ts, merged)]
+                covered = files
             for e in covered:
                 e[2].delete()
                 self._files.remove(e)
                 removed += 1
-            if len(parts) > 1:
-                self._files.append(files[-1])
+            if merge:
+                self._files.append((first, last_ts, merged))
         self._files.sort(key=lambda f: (f[0], f[1]))
         return removed
 

@@ -242,3 +242,24 @@ def test_ingest_service_compacts_closed_days_in_the_background(tmp_path: Path) -
     assert len(files) == 5 and not archive.needs_compaction()  # day 1 merged, 4 open-day files
     for got, want in zip(archive.read(), before, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_open_day_is_merged_once_it_has_many_files(tmp_path: Path) -> None:
+    from stream.archive import OPEN_DAY_PARTS
+
+    midnight = T0 + 10 * STEP
+    archive = Archive(tmp_path, NET)
+    values = np.ones((NET.n_sensors, NET.n_features), np.float32)
+    for i in range(OPEN_DAY_PARTS + 2):
+        if i == OPEN_DAY_PARTS - 1:
+            assert not archive.needs_compaction()
+        archive.append([SealedStep(midnight + i * STEP, values * i, np.ones_like(values, np.uint8), 0)])
+    before = archive.read()
+    assert archive.needs_compaction() and archive.compact() == OPEN_DAY_PARTS + 2
+    archive.append(
+        [SealedStep(midnight + (OPEN_DAY_PARTS + 2) * STEP, values, np.ones_like(values, np.uint8), 0)]
+    )
+    files = sorted(p.name for p in (tmp_path / "steps").rglob("*.parquet"))
+    assert len(files) == 2 and not archive.needs_compaction()  # the merged file and the newest step's
+    _, got, _ = Archive(tmp_path, NET).read(end_ms=midnight + (OPEN_DAY_PARTS + 2) * STEP)
+    np.testing.assert_array_equal(got, before[1])
