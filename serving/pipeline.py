@@ -258,7 +258,7 @@ class ServePipeline:
         """Ingest health to Prometheus and Redis (the dashboard reads it there)."""
         assert self.sink is not None and self.ingest.ingestor is not None
         snap = self.ingest.ingestor.ledger.snapshot()["total"]
-        wm = self.ingest.ingestor.windower.watermark()
+        wm = self.ingest.ingestor.windower.last_watermark
         if wm is not None:
             self.metrics.watermark.set(wm)
         self.metrics.unarchived_steps.set(len(self.ingest.unarchived))

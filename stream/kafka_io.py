@@ -44,6 +44,9 @@ class _RedactSecrets(logging.Filter):
 logging.getLogger("kafka.admin.client").addFilter(_RedactSecrets())
 
 
+COMMIT_TIMEOUT_MS = 1_000  # an offset commit not acknowledged by then is skipped; the next cycle's covers it
+
+
 class BrokerUnavailable(RuntimeError):
     """No Kafka broker answers at the configured bootstrap address."""
 
@@ -278,8 +281,8 @@ class IngestConsumer:
         }
         if not todo:
             return True
-        try:
-            self._consumer.commit(todo)
+        try:  # bounded: a broker that does not answer must not stall the serving loop (skipped, redone)
+            self._consumer.commit(todo, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
             log.warning("offset commit failed; the next cycle retries it", extra={"error": repr(exc)})
             return False

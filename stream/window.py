@@ -295,6 +295,12 @@ class Windower:
         return max((p.watermark for p in self._parts.values() if p.watermark >= 0), default=None)
 
     @property
+    def last_watermark(self) -> int | None:
+        """The watermark as of the last `watermark()`/`seal()` call, without moving it: what health and
+        metrics read (moving it there would let a seal run ahead of a partition not heard from yet)."""
+        return self._watermark
+
+    @property
     def sealed_through(self) -> int | None:
         """step_ts of the last sealed step (or `resume_after_step`); None before the first seal."""
         return None if self._sealed < 0 else self._sealed

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from serving.embedded import EmbeddedRuntime
+from serving.keys import Keys
 
 
 def test_demo_against_existing_servers(embedded: EmbeddedRuntime, tmp_path: Path) -> None:
@@ -39,13 +40,14 @@ def test_demo_against_existing_servers(embedded: EmbeddedRuntime, tmp_path: Path
     assert "first forecast in Redis after" in out.stdout, out.stdout[-2000:]
 
     r = redis.Redis.from_url(str(embedded.redis_url))
-    latest = r.hgetall(f"cli{tag}:{{sim}}:latest")
+    keys = Keys(f"cli{tag}", "sim")
+    latest = r.hgetall(keys.latest)
     assert len(latest) == 12, f"forecasts for {len(latest)} of 12 sensors"
     for raw in latest.values():
         doc = orjson.loads(raw)
         assert doc["model_version"] == "v0001"  # the persistence seed, registered as the first champion
         assert len(doc["forecast"]) == 12
-    steps = r.zcard(f"cli{tag}:{{sim}}:done:v0001")
+    steps = r.zcard(keys.done("v0001"))
     assert steps >= 5, f"only {steps} steps forecast"
     assert (tmp_path / "archive" / "steps").exists()
     from training.registry import Registry

@@ -12,6 +12,7 @@ import redis
 
 from serving.config import Settings
 from serving.forecaster import ModelSpec
+from serving.keys import Keys
 from serving.pipeline import ServePipeline
 from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.network import Feature, Network
@@ -71,13 +72,13 @@ def test_known_readings_reach_redis_as_persistence_forecasts(fresh_settings: Set
 
     # Check Redis with raw redis-py, not through the project's client.
     r = redis.Redis.from_url(s.redis.url.get_secret_value())
-    base = f"{s.redis.key_prefix}:{{e2e}}"
+    keys = Keys(s.redis.key_prefix, "e2e")
     version = "baseline-persistence"
-    done = sorted(int(float(x)) for x in r.zrange(f"{base}:done:{version}", 0, -1))
+    done = sorted(int(float(x)) for x in r.zrange(keys.done(version), 0, -1))
     want_steps = [T0 + t * STEP for t in range(window - 1, sealed_steps)]
     assert done == want_steps
 
-    entries = r.xrange(f"{base}:forecasts")
+    entries = r.xrange(keys.stream)
     assert [int(f[b"step_ts"]) for _, f in entries] == want_steps
     for _, fields in entries:
         step = (int(fields[b"step_ts"]) - T0) // STEP
@@ -92,8 +93,8 @@ def test_known_readings_reach_redis_as_persistence_forecasts(fresh_settings: Set
     last = sealed_steps - 1
     want_last = _expected_persistence(values, present, last)
     for i, sensor in enumerate(network.sensors):
-        doc = orjson.loads(r.hget(f"{base}:latest", sensor))
+        doc = orjson.loads(r.hget(keys.latest, sensor))
         assert doc["step_ts"] == T0 + last * STEP
         assert doc["model_version"] == version
         assert np.allclose(np.array(doc["forecast"])[:, 0], want_last[i])
-    assert r.ttl(f"{base}:latest") > 0
+    assert r.ttl(keys.latest) > 0

@@ -16,6 +16,7 @@ import torch
 
 from serving.config import Settings
 from serving.forecaster import ModelSpec
+from serving.keys import Keys
 from serving.pipeline import ServePipeline
 from stream.datasets import load_dataset
 from stream.kafka_io import ReadingProducer, ensure_topics
@@ -61,9 +62,9 @@ def test_los_loop_test_split_online_mae_equals_offline_evaluation(
         pipe.close()
 
     r = redis.Redis.from_url(s.redis.url.get_secret_value())
-    base = f"{s.redis.key_prefix}:{{{ds.network.name}}}"
-    online = orjson.loads(r.get(f"{base}:online:{predictor.version}"))["mae"]
+    keys = Keys(s.redis.key_prefix, ds.network.name)
+    online = orjson.loads(r.get(keys.online(predictor.version)))["mae"]
     np.testing.assert_allclose(online, offline, rtol=0.005, err_msg="online vs offline MAE per horizon")
-    steps = [int(f[b"step_ts"]) for _, f in r.xrange(f"{base}:forecasts")]
+    steps = [int(f[b"step_ts"]) for _, f in r.xrange(keys.stream)]
     want = [int(t) for t in ds.step_ts[start + predictor.window - 1 : end]]
     assert steps == want, "every step of the split exactly once"

@@ -17,6 +17,7 @@ import redis
 
 from serving.config import Settings
 from serving.forecaster import ModelSpec
+from serving.keys import Keys
 from serving.pipeline import ServePipeline
 from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.simulate import Simulator, SimulatorConfig, simulated_network
@@ -68,7 +69,7 @@ def _settings(base: Settings, tmp_path: Path, **retrain: Any) -> Settings:
 def _events(s: Settings, net: str) -> list[dict[str, Any]]:
     r = redis.Redis.from_url(s.redis.url.get_secret_value())
     out = []
-    for _, f in r.xrange(f"{s.redis.key_prefix}:{{{net}}}:events"):
+    for _, f in r.xrange(Keys(s.redis.key_prefix, net).events):
         out.append({k.decode(): v.decode() for k, v in f.items()})
     return out
 
@@ -151,7 +152,7 @@ def test_drift_triggers_retraining_and_promotion(fresh_settings: Settings, tmp_p
     r = redis.Redis.from_url(s.redis.url.get_secret_value())
     entries = [
         (int(f[b"step_ts"]), f[b"model_version"].decode())
-        for _, f in r.xrange(f"{s.redis.key_prefix}:{{drift}}:forecasts")
+        for _, f in r.xrange(Keys(s.redis.key_prefix, "drift").stream)
     ]
     steps = [t for t, _ in entries]
     assert steps == sorted(set(steps)), "a step was forecast twice or out of order"

@@ -1,22 +1,22 @@
-"""Serving against real Kafka, Redis and Ray: online evaluation equals an independent computation, a
-killed forecaster actor loses no step, and the `forecasts` command reads what consumers read."""
+"""Serving against real Kafka, Redis and Ray: online evaluation equals an independent computation, and the
+`forecasts` command reads what consumers read. (A killed forecaster actor is a fault scenario:
+`tests/faults/test_serving_faults.py`.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import orjson
 import pytest
-import ray
 import redis
 from typer.testing import CliRunner
 
 from serving.cli import app
 from serving.config import Settings
 from serving.forecaster import ModelSpec
+from serving.keys import Keys
 from serving.pipeline import ServePipeline
 from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.network import Feature, Network
-from stream.simulate import Simulator, simulated_network
 from tests.conftest import wait_for
 from tests.test_e2e import STEP, T0, _expected_persistence, _known_readings
 
@@ -39,8 +39,14 @@ def test_online_mae_per_horizon_matches_independent_computation(fresh_settings: 
     pipeline = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id="online").start()
     try:
         _produce(s, network, vals[:, :, None], pres[:, :, None])
-        wait_for(lambda: pipeline.poll_once() >= 0 and pipeline.ingest.ingestor.ledger.total().received
-                 >= int(pres.sum()), timeout_s=90, what="all readings consumed")  # fmt: skip
+        wait_for(
+            lambda: (
+                pipeline.poll_once() >= 0
+                and pipeline.ingest.ingestor.ledger.total().received >= int(pres.sum())
+            ),
+            timeout_s=90,
+            what="all readings consumed",
+        )
         pipeline.drain()
     finally:
         pipeline.close()
@@ -56,49 +62,29 @@ def test_online_mae_per_horizon_matches_independent_computation(fresh_settings: 
             abs_sum[h - 1] += np.abs(pred[ok] - vals[target][ok]).sum()
             n_sum[h - 1] += ok.sum()
     r = redis.Redis.from_url(s.redis.url.get_secret_value())
-    got = orjson.loads(r.get(f"{s.redis.key_prefix}:{{online}}:online:baseline-persistence"))
+    keys = Keys(s.redis.key_prefix, network.name)
+    got = orjson.loads(r.get(keys.online("baseline-persistence")))
     np.testing.assert_allclose(got["mae"], abs_sum / n_sum, rtol=1e-6)  # float32 forecasts
     assert got["n"] == n_sum.astype(int).tolist()
-    rolling = orjson.loads(r.get(f"{s.redis.key_prefix}:{{online}}:online:rolling"))
+    rolling = orjson.loads(r.get(keys.online_rolling))
     assert rolling["model_version"] == "baseline-persistence" and len(rolling["mae"]) == horizon
-    assert r.xlen(f"{s.redis.key_prefix}:{{online}}:actuals") == steps
-    health = r.hgetall(f"{s.redis.key_prefix}:{{online}}:health")
+    assert r.xlen(keys.actuals) == steps
+    health = r.hgetall(keys.health)
     assert orjson.loads(health[b"ledger"])["received"] == int(pres.sum())
 
-
-def test_killed_actor_loses_no_step(fresh_settings: Settings) -> None:
-    s = fresh_settings.model_copy(deep=True)
-    s.kafka.max_poll_records = 4  # many small cycles, so the kill lands mid-replay
-    s.ray.pipeline_windows = 1  # a cycle's windows go in overlapping calls: a kill lands between them too
-    network = simulated_network(30, name="kill", step_ms=STEP)
-    sim = Simulator(network, seed=1)
-    steps = 40
-    frames = [sim.step(T0 + t * STEP) for t in range(steps)]
-    pipeline = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id="kill").start()
-    try:
-        _produce(s, network, np.stack([v for v, _ in frames]), np.stack([p for _, p in frames]))
-        wait_for(lambda: pipeline.poll_once() >= 0 and pipeline.steps_forecast >= 3, timeout_s=90,
-                 what="the first forecasts")  # fmt: skip
-        actor = pipeline.dispatcher.actors[0]
-        pid_before = ray.get(actor.info.remote())["pid"]
-        ray.kill(actor, no_restart=False)  # Ray restarts it (max_restarts); the dispatcher re-sends
-        wait_for(lambda: pipeline.poll_once() >= 0 and pipeline.ingest.ingestor.ledger.total().received
-                 >= sum(int(p.sum()) for _, p in frames), timeout_s=120, what="all readings consumed")  # fmt: skip
-        pipeline.drain()
-        assert ray.get(actor.info.remote())["pid"] != pid_before, "the actor was not restarted"
-    finally:
-        pipeline.close()
-    r = redis.Redis.from_url(s.redis.url.get_secret_value())
-    base = f"{s.redis.key_prefix}:{{kill}}"
-    want = [T0 + t * STEP for t in range(s.window.window - 1, steps)]
-    entries = r.xrange(f"{base}:forecasts")
-    got = [int(f[b"step_ts"]) for _, f in entries]
-    assert got == want, f"missing {sorted(set(want) - set(got))}, extra {len(got) - len(set(got))}"
-    assert {f[b"model_version"] for _, f in entries} == {b"baseline-persistence"}
-
+    sensor = network.sensors[3]
     out = CliRunner().invoke(
-        app, ["forecasts", "--redis-url", s.redis.url.get_secret_value(), "--network", "kill", "--sensor", "s0003"],
+        app,
+        [
+            "forecasts",
+            "--redis-url",
+            s.redis.url.get_secret_value(),
+            "--network",
+            network.name,
+            "--sensor",
+            sensor,
+        ],
         env={"SENSORCAST_REDIS__KEY_PREFIX": s.redis.key_prefix},
-    )  # fmt: skip
+    )
     assert out.exit_code == 0, out.output
-    assert "s0003" in out.output and "baseline-persistence" in out.output
+    assert sensor in out.output and "baseline-persistence" in out.output

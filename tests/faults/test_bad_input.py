@@ -21,10 +21,11 @@ from stream.archive import Archive
 from stream.consume import IngestService
 from stream.ingest import DEAD_LETTER_RAW_MAX, DeadLetter, Ingestor
 from stream.kafka_io import ensure_topics
+from stream.ledger import BUCKETS
 from stream.network import Feature, Network
 from stream.schema import REASONS, Decoder, encode_batch, encode_reading
 from tests.conftest import wait_for
-from tests.faults.conftest import Reliability
+from tests.faults.reliability import Reliability
 
 pytestmark = pytest.mark.faults
 
@@ -47,8 +48,12 @@ def _single(**over: object) -> bytes:
 
 
 def _batch(**over: object) -> bytes:
-    msg: dict[str, object] = {"v": 1, "ts": TS, "sensors": ["s0000", "s0001", "s0002"],
-                              "values": {"speed": [61.2, 55.0, 50], "flow": [300, 280, 10]}}  # fmt: skip
+    msg: dict[str, object] = {
+        "v": 1,
+        "ts": TS,
+        "sensors": ["s0000", "s0001", "s0002"],
+        "values": {"speed": [61.2, 55.0, 50], "flow": [300, 280, 10]},
+    }
     msg.update(over)
     return _j(msg)
 
@@ -128,7 +133,8 @@ def _send_all(producer: KafkaProducer, topic: str, msgs: list[bytes | None]) -> 
     return [f.get(30).offset for f in futures]
 
 
-def _dead_letters(s: Settings, want: int) -> list[DeadLetter]:
+def _dead_letters(s: Settings, want: int, timeout_s: float = 60) -> list[DeadLetter]:
+    """The dead-letter topic from the start: until `want` letters came back, or what came by `timeout_s`."""
     c = KafkaConsumer(
         bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
@@ -136,9 +142,10 @@ def _dead_letters(s: Settings, want: int) -> list[DeadLetter]:
     c.assign([tp])
     c.seek_to_beginning(tp)
     out: list[DeadLetter] = []
+    deadline = time.monotonic() + timeout_s
     try:
-        wait_for(lambda: out.extend(DeadLetter.from_json(m.value) for ms in c.poll(500).values() for m in ms)
-                 or len(out) >= want, timeout_s=60, what=f"{want} dead letters")  # fmt: skip
+        while len(out) < want and time.monotonic() < deadline:
+            out += [DeadLetter.from_json(m.value) for ms in c.poll(500).values() for m in ms]
     finally:
         c.close()
     return out
@@ -161,8 +168,11 @@ def test_bad_input_corpus_through_the_real_consumer(
     try:
         # steps 0..5 valid; once step 1 is sealed, the corpus, a late reading, a duplicate flood, steps 6..9
         _send_all(producer, s.kafka.readings_topic, [m for t in range(6) for m in _valid_step(t)])
-        wait_for(lambda: svc.poll_once(200) is not None and (svc.ingestor.windower.sealed_through or 0) >= LATE_TS,
-                 timeout_s=60, what="step 1 sealed")  # fmt: skip
+        wait_for(
+            lambda: svc.poll_once(200) is not None and (svc.ingestor.windower.sealed_through or 0) >= LATE_TS,
+            timeout_s=60,
+            what="step 1 sealed",
+        )
         offsets = _send_all(producer, s.kafka.readings_topic, [raw for _, raw, _, _ in CORPUS])
         late = encode_reading("s0002", LATE_TS, {"speed": 40.0})  # beyond allowed lateness (0)
         dup = encode_reading("s0003", T0 + 5 * STEP, {"speed": 55.0, "flow": 105.0})  # step 5: already held
@@ -171,8 +181,11 @@ def test_bad_input_corpus_through_the_real_consumer(
         n_valid = 10 * 8
         n_dead = sum(n for *_, n in CORPUS)
         want = n_valid + n_dead + 1 + 2 * FLOOD
-        wait_for(lambda: svc.poll_once(200) is not None and svc.ingestor.ledger.total().received >= want,
-                 timeout_s=90, what=f"{want} readings through the consumer")  # fmt: skip
+        wait_for(
+            lambda: svc.poll_once(200) is not None and svc.ingestor.ledger.total().received >= want,
+            timeout_s=90,
+            what=f"{want} readings through the consumer",
+        )
         svc.drain()
         ledger = svc.ingestor.ledger.total()
         elapsed = time.monotonic() - t_start
@@ -180,77 +193,152 @@ def test_bad_input_corpus_through_the_real_consumer(
         svc.close()
         producer.close()
 
-    # the ledger, exactly
+    # what happened, measured: the ledger, the archive, the dead letters read back from the topic
     expected_dead: dict[str, int] = {}
     for _, _, reason, n in CORPUS:
         expected_dead[reason] = expected_dead.get(reason, 0) + n
-    assert ledger.dead_by_reason == expected_dead
-    assert ledger.late == 1 and ledger.duplicates == 2 * FLOOD
-    assert ledger.windowed == n_valid, "valid readings after the corpus were not all windowed"
-    assert ledger.received == ledger.windowed + ledger.dead_lettered + ledger.late + ledger.duplicates
-    _, _, mask = Archive(s.archive.root, NET).read()
-    assert int(mask.sum()) == n_valid and mask.shape[0] == 10
-
-    # every corpus message dead-lettered once, with its precise reason, read back from the topic
+    step_ts, values, mask = Archive(s.archive.root, NET).read()
+    late_log = Archive(s.archive.root, NET).read_late()
+    dup_value = values[5, NET.sensors.index("s0003")].tolist() if len(step_ts) > 5 else None
     letters = _dead_letters(s, len(CORPUS))
     by_offset = {d.offset: d for d in letters}
-    assert len(letters) == len(CORPUS)
+    wrong = []
     for (name, raw, reason, n), offset in zip(CORPUS, offsets, strict=True):
-        d = by_offset[offset]
-        assert (d.reason, d.n_readings) == (reason, n), f"{name}: got {d.reason} ({d.detail})"
-        assert d.raw == (raw or b"")[:DEAD_LETTER_RAW_MAX] and d.topic == s.kafka.readings_topic
-        reliability.record_input(name, reason=reason, readings=n, dead_lettered=True, detail=d.detail)
-    reliability.record_input("late beyond allowed lateness", reason="late", readings=1, dead_lettered=False,
-                             detail="counted late, kept in the archive's late log")  # fmt: skip
-    reliability.record_input(f"duplicate flood ({FLOOD} copies)", reason="duplicates", readings=2 * FLOOD,
-                             dead_lettered=False, detail="counted as duplicates; the step's value unchanged")  # fmt: skip
-    reliability.record(
-        "bad-input corpus through the consumer", survived=True, lost=0, recovery_s=None,
+        d = by_offset.get(offset)
+        if d is None:
+            reliability.record_input(
+                name,
+                expected=reason,
+                reason="",
+                readings=0,
+                dead_lettered=False,
+                detail="no dead letter came back for it",
+            )
+            continue
+        ok = (d.reason, d.n_readings, d.raw, d.topic) == (
+            reason,
+            n,
+            (raw or b"")[:DEAD_LETTER_RAW_MAX],
+            s.kafka.readings_topic,
+        )
+        wrong += [] if ok else [f"{name}: {d.reason} × {d.n_readings} ({d.detail})"]
+        reliability.record_input(
+            name, expected=reason, reason=d.reason, readings=d.n_readings, dead_lettered=True, detail=d.detail
+        )
+    reliability.record_input(
+        "late beyond allowed lateness",
+        expected="late",
+        reason="late" if len(late_log) else "",
+        readings=ledger.late,
+        dead_lettered=False,
+        detail=f"counted late: {ledger.late}; {len(late_log)} reading(s) in the archive's late log",
+    )
+    reliability.record_input(
+        f"duplicate flood ({FLOOD} copies)",
+        expected="duplicates",
+        reason="duplicates" if ledger.duplicates else "",
+        readings=ledger.duplicates,
+        dead_lettered=False,
+        detail=f"counted as duplicates; the step's values afterwards {dup_value} (sent [55.0, 105.0])",
+    )
+    missing = sum(1 for o in offsets if o not in by_offset)
+    checks = (
+        (f"{len(wrong)} classes dead-lettered wrongly", bool(wrong)),
+        (
+            f"dead letters by reason {ledger.dead_by_reason} ≠ {expected_dead}",
+            ledger.dead_by_reason != expected_dead,
+        ),
+        (f"{ledger.late} late (1 sent)", ledger.late != 1 or len(late_log) != 1),
+        (f"{ledger.duplicates} duplicates ({2 * FLOOD} sent)", ledger.duplicates != 2 * FLOOD),
+        ("a duplicate changed the step's value", dup_value != [55.0, 105.0]),
+        (
+            f"archive holds {int(mask.sum())} readings in {len(step_ts)} steps",
+            int(mask.sum()) != n_valid or len(step_ts) != 10,
+        ),
+        ("ledger unbalanced", not svc.ingestor.ledger.balanced()),
+    )
+    row = reliability.record(
+        "bad-input corpus through the consumer",
+        lost=n_valid - ledger.windowed,
+        missing=missing,
+        doubled=len(letters) - len(by_offset),
         detail=f"{len(CORPUS) + 2} classes; {ledger.received} readings = {ledger.windowed} windowed + "
-        f"{ledger.dead_lettered} dead-lettered + {ledger.late} late + {ledger.duplicates} duplicates "
-        f"({elapsed:.1f} s)",
-    )  # fmt: skip
+        f"{ledger.dead_lettered} dead-lettered + {ledger.late} late + {ledger.duplicates} duplicates; "
+        f"{len(by_offset)} of {len(CORPUS)} corpus messages read back from the dead-letter topic; the "
+        f"{n_valid} valid readings sent around the corpus windowed: {ledger.windowed} ({elapsed:.1f} s)",
+        anomalies=[what for what, bad in checks if bad],
+    )
+    assert row.outcome == "survived", (row.outcome, wrong)
 
 
 # -- fuzz -----------------------------------------------------------------------------------------------
 
 _int64 = st.integers(-(2**63), 2**63 - 1)
-_scalar = st.one_of(st.none(), st.booleans(), _int64, st.floats(allow_nan=False),
-                    st.text(max_size=8))  # fmt: skip
-_json = st.recursive(_scalar, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids,
-                     max_size=4), max_leaves=12)  # fmt: skip
+_scalar = st.one_of(st.none(), st.booleans(), _int64, st.floats(allow_nan=False), st.text(max_size=8))
+_json = st.recursive(
+    _scalar,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+    max_leaves=12,
+)
 _messages = st.one_of(
     st.binary(max_size=200),
     _json.map(_j),
     st.fixed_dictionaries(
-        {"v": st.sampled_from([1, 1, 1, 2, "1", None]),
-         "ts": st.one_of(st.integers(T0 - 10 * STEP, T0 + 10 * STEP), _scalar),
-         "sensor": st.one_of(st.sampled_from(NET.sensors), st.text(max_size=5), _int64)},
+        {
+            "v": st.sampled_from([1, 1, 1, 2, "1", None]),
+            "ts": st.one_of(st.integers(T0 - 10 * STEP, T0 + 10 * STEP), _scalar),
+            "sensor": st.one_of(st.sampled_from(NET.sensors), st.text(max_size=5), _int64),
+        },
         optional={"values": st.dictionaries(st.sampled_from(["speed", "flow", "x"]), _scalar, max_size=3)},
     ).map(_j),
-    st.builds(lambda ts, sensors, speed: _j({"v": 1, "ts": ts, "sensors": sensors, "values": {"speed": speed}}),
-              st.integers(T0, T0 + 10 * STEP), st.lists(st.sampled_from([*NET.sensors, "zz"]), max_size=5),
-              st.lists(st.one_of(st.none(), st.floats(-10, 200), st.text(max_size=2)), max_size=6)),
-)  # fmt: skip
+    st.builds(
+        lambda ts, sensors, speed: _j({"v": 1, "ts": ts, "sensors": sensors, "values": {"speed": speed}}),
+        st.integers(T0, T0 + 10 * STEP),
+        st.lists(st.sampled_from([*NET.sensors, "zz"]), max_size=5),
+        st.lists(st.one_of(st.none(), st.floats(-10, 200), st.text(max_size=2)), max_size=6),
+    ),
+)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(msgs=st.lists(_messages, min_size=1, max_size=25))
-def test_fuzz_decoder_and_ingestor_never_raise_and_balance(msgs: list[bytes]) -> None:
-    decoder = Decoder(NET, max_message_bytes=10_000)
-    ing = Ingestor(NET, allowed_lateness_ms=STEP, idle_timeout_ms=60_000, now=lambda: T0 + 20 * STEP)
-    for i, raw in enumerate(msgs):
-        d = decoder.decode(raw)
-        assert all(r.reason in REASONS and r.n_readings >= 1 for r in d.rejects)
-        assert d.n == 0 or np.isfinite(d.value).all()
-        dead = ing.ingest(i % 2, i, raw)
-        assert sum(x.n_readings for x in dead) == d.n_rejected
-        ing.seal()
-    ing.flush_all()
-    assert ing.ledger.balanced(), ing.ledger.snapshot()
+FUZZ_EXAMPLES = 200
 
 
-def test_fuzz_recorded(reliability: Reliability) -> None:
-    """Runs after the fuzz (same module, file order) and records it: hypothesis would fail above otherwise."""
-    reliability.record("decoder/ingestor fuzz", survived=True, lost=0,
-                       detail="hypothesis, 200 examples × ≤ 25 messages: never raised, ledger balanced")  # fmt: skip
+def test_fuzz_decoder_and_ingestor_never_raise_and_balance(reliability: Reliability) -> None:
+    seen = {"examples": 0, "messages": 0, "failing": 0, "unbalanced": 0, "unaccounted": 0}
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(msgs=st.lists(_messages, min_size=1, max_size=25))
+    def fuzz(msgs: list[bytes]) -> None:
+        seen["examples"] += 1
+        seen["messages"] += len(msgs)
+        try:
+            decoder = Decoder(NET, max_message_bytes=10_000)
+            ing = Ingestor(NET, allowed_lateness_ms=STEP, idle_timeout_ms=60_000, now=lambda: T0 + 20 * STEP)
+            for i, raw in enumerate(msgs):
+                d = decoder.decode(raw)
+                assert all(r.reason in REASONS and r.n_readings >= 1 for r in d.rejects)
+                assert d.n == 0 or np.isfinite(d.value).all()
+                dead = ing.ingest(i % 2, i, raw)
+                assert sum(x.n_readings for x in dead) == d.n_rejected
+                ing.seal()
+            ing.flush_all()
+            t = ing.ledger.total()
+            gap = t.received - sum(getattr(t, bucket) for bucket in BUCKETS)
+            seen["unbalanced"] += not ing.ledger.balanced()
+            seen["unaccounted"] += abs(gap)
+            assert ing.ledger.balanced(), ing.ledger.snapshot()
+        except Exception:
+            seen["failing"] += 1
+            raise
+
+    try:
+        fuzz()
+    finally:
+        reliability.record(
+            "decoder/ingestor fuzz",
+            lost=seen["unaccounted"],
+            detail=f"hypothesis: {seen['examples']} examples ({FUZZ_EXAMPLES} asked; shrinking adds more when "
+            f"one fails), {seen['messages']} messages of ≤ 25 per example; {seen['failing']} examples failed "
+            f"(raised or broke an invariant), {seen['unbalanced']} left the ledger unbalanced",
+            anomalies=[f"{seen['failing']} failing examples"] if seen["failing"] else [],
+        )

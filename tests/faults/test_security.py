@@ -32,12 +32,22 @@ def _closed_port() -> int:
 
 
 def _settings(port: int) -> Settings:
-    return Settings.model_validate({
-        "kafka": {"bootstrap": f"127.0.0.1:{port}", "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-                  "sasl_username": "sensorcast", "sasl_password": KAFKA_SECRET},
-        "redis": {"url": f"redis://sensorcast:{URL_SECRET}@127.0.0.1:{port}/0", "username": "sensorcast",
-                  "password": REDIS_SECRET},
-    })  # fmt: skip
+    return Settings.model_validate(
+        {
+            "kafka": {
+                "bootstrap": f"127.0.0.1:{port}",
+                "security_protocol": "SASL_PLAINTEXT",
+                "sasl_mechanism": "PLAIN",
+                "sasl_username": "sensorcast",
+                "sasl_password": KAFKA_SECRET,
+            },
+            "redis": {
+                "url": f"redis://sensorcast:{URL_SECRET}@127.0.0.1:{port}/0",
+                "username": "sensorcast",
+                "password": REDIS_SECRET,
+            },
+        }
+    )
 
 
 def _clean(text: str) -> None:
@@ -80,8 +90,13 @@ def test_secrets_absent_from_failing_connections(caplog: pytest.LogCaptureFixtur
 def test_redis_options_carry_acl_user_password_and_tls() -> None:
     opts = RedisSettings(username="sc", password=REDIS_SECRET, ssl_ca_certs=Path("/ca.pem")).client_options()
     assert opts == {"username": "sc", "password": REDIS_SECRET, "ssl_ca_certs": "/ca.pem"}
-    k = KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="sc",
-                      sasl_password=KAFKA_SECRET, ssl_cafile=Path("/ca.pem")).client_options()  # fmt: skip
+    k = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="sc",
+        sasl_password=KAFKA_SECRET,
+        ssl_cafile=Path("/ca.pem"),
+    ).client_options()
     assert k["security_protocol"] == "SASL_SSL" and k["ssl_cafile"] == "/ca.pem"
 
 

@@ -25,7 +25,7 @@ from stream.archive import Archive
 from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.simulate import Simulator, simulated_network
 from tests.conftest import wait_for
-from tests.faults.conftest import Reliability
+from tests.faults.reliability import Reliability
 from tests.faults.test_serving_faults import _committed
 from tests.s3 import MotoServer
 
@@ -128,14 +128,24 @@ def test_object_store_outage_keeps_forecasting_and_loses_nothing(
     lost = produced[0] - ledger.windowed
     reliability.record(
         f"object store paused {PAUSE_S:.0f} s",
-        survived=not (lost or missing_archive or missing_forecast or doubled),
-        lost=lost + len(missing_archive) + len(missing_forecast),
+        lost=lost,
+        missing=len(missing_archive) + len(missing_forecast),
+        doubled=doubled,
         recovery_s=observed["recovery_s"],
         detail=f"SIGSTOP/SIGCONT of the S3 server holding the archive; {observed['forecast_during']:.0f} steps forecast "
         f"while it was down, {observed['failed_writes']:.0f} failed writes retried with backoff, up to "
         f"{observed['waiting_peak']:.0f} sealed steps waiting in memory, committed offsets moved during the "
         f"outage: {'yes' if observed['offsets_moved'] else 'no'}; afterwards {len(archived)} of {len(want)} steps "
         f"archived, {len(set(got))} of {len(want_forecast)} forecast, {doubled} doubled",
+        anomalies=[
+            name
+            for name, on in (
+                ("forecasting stopped during the outage", not observed["forecast_during"]),
+                ("offsets committed past unarchived steps", observed["offsets_moved"]),
+                ("ledger unbalanced", not pipe.ingest.ingestor.ledger.balanced()),
+            )
+            if on
+        ],
     )
     print("observed:", observed, "archived", len(archived), "of", len(want), "forecast", len(got))
     assert observed["forecast_during"] > 0, "forecasting stopped while the store was down"
