@@ -16,6 +16,7 @@ import re
 import time
 from typing import Any
 
+from serving.config import ConfigError
 from serving.forecaster import ModelSpec
 from stream.config import StorageSettings
 from stream.storage import Location, open_location
@@ -36,26 +37,33 @@ def is_registry(loc: Location) -> bool:
 
 
 def resolve(ref: str, storage: StorageSettings) -> tuple[ModelSpec, Any]:
-    """A model reference → (what the actors load, the registry it came from or None)."""
+    """A model reference → (what the actors load, the registry it came from or None). A checkpoint that
+    fails verification is refused here, in one line naming the cause, not inside every actor."""
     if ref.startswith("baseline:"):
         return ModelSpec(ref), None
+    from training.checkpoint import load_checkpoint
+
     m = _VERSION.match(ref)
     root, version = (m.group(1), m.group(2)) if m else (ref, "")
     loc = open_location(root, storage)
+    registry = None
     if is_registry(loc):
-        reg = open_registry(loc, storage)
-        record = reg.show(version) if version else reg.champion()
+        registry = open_registry(loc, storage)
+        record = registry.show(version) if version else registry.champion()
         if record is None:
-            raise ValueError(
+            raise ConfigError(
                 f"registry {loc} has no champion yet: promote a version or start from a baseline"
             )
-        return ModelSpec(record.uri, record.sha256), reg
-    if version or not loc.is_file():
-        raise ValueError(
+        spec = ModelSpec(record.uri, record.sha256)
+    elif version or not loc.is_file():
+        raise ConfigError(
             f"no model at {ref!r}: expected baseline:persistence, a checkpoint (file or URI), a registry "
             "or REGISTRY:VERSION"
         )
-    return ModelSpec(loc.uri), None
+    else:
+        spec = ModelSpec(loc.uri)
+    load_checkpoint(spec.ref, storage=storage, expected_sha256=spec.sha256)
+    return spec, registry
 
 
 def bootstrap(reg: Any, spec: ModelSpec, network: Any, window: int, horizon: int) -> ModelSpec:
