@@ -21,7 +21,7 @@ from typing import Any
 
 from stream.config import StorageSettings
 from stream.storage import Location, open_location
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.train import TrainConfig, progress_line, read_data, train_func
 
 
@@ -107,3 +107,18 @@ def _ray_worker(config: dict[str, Any]) -> None:
         init_weights=payload["init"],
         storage=payload["storage"],
     )
+
+
+def report_final(summary: dict[str, Any], ckpt: Checkpoint | None) -> None:
+    """Ray Train: every rank reports the summary; rank 0 attaches the checkpoint, which Ray copies to the
+    run's storage (an object store on a cluster) — the driver takes it from there, never from this node."""
+    import ray
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="sensorcast-ckpt-") as tmp:
+        if ckpt is None:
+            ray.train.report(dict(summary))
+            return
+        save_checkpoint(ckpt, Path(tmp) / "model.pt")
+        metrics = {**summary, "version": ckpt.version, "node": ray.get_runtime_context().get_node_id()}
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -381,25 +381,10 @@ def train_func(
             summary["checkpoint"] = save_checkpoint(ckpt, cfg.out, storage)
             summary["version"] = ckpt.version
     if in_ray:
-        _report_final(summary, ckpt)
+        from training.ray_train import report_final
+
+        report_final(summary, ckpt)
     return summary
-
-
-def _report_final(summary: dict[str, Any], ckpt: Checkpoint | None) -> None:
-    """Ray Train: every rank reports the summary; rank 0 attaches the checkpoint, which Ray copies to the
-    run's storage (an object store on a cluster) — the driver takes it from there, never from this node."""
-    import tempfile
-
-    import ray
-    import ray.train
-
-    with tempfile.TemporaryDirectory(prefix="sensorcast-ckpt-") as tmp:
-        if ckpt is None:
-            ray.train.report(dict(summary))
-            return
-        save_checkpoint(ckpt, Path(tmp) / "model.pt")
-        metrics = {**summary, "version": ckpt.version, "node": ray.get_runtime_context().get_node_id()}
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def _lr(cfg: TrainConfig, epoch: int, progress: float) -> float:
