@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from serving import logs
 from serving.cli_common import (
@@ -223,11 +223,11 @@ def main() -> None:
         app(standalone_mode=False)
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
+    except typer.Abort:
         raise SystemExit(130) from None
+    except TyperException as exc:  # usage errors and bad parameters (typer's own click exceptions)
+        exc.show()  # type: ignore[attr-defined]
+        raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]
     except _USER_ERRORS as exc:
         logging.getLogger("sensorcast").debug("failed", exc_info=True)
         console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
