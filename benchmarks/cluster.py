@@ -189,7 +189,10 @@ def main() -> None:
                     "replay_steps": 60 if args.quick else 200,
                     "live_steps": 40 if args.quick else 150,
                 }
-                code = "import json, sys; from benchmarks.cluster import driver; print(json.dumps(driver(json.loads(sys.argv[1]))))"
+                code = (
+                    "import json, sys; from benchmarks.cluster import driver; "
+                    "print(json.dumps(driver(json.loads(sys.argv[1]))))"
+                )
                 # the storage secrets ride in the argument list of a local subprocess: test credentials only
                 measured = cluster.driver(code, json.dumps(spec), timeout_s=1800)
                 topology = {

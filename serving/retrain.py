@@ -7,15 +7,15 @@ model's rolling online MAE above its reference (the rolling MAE when its window 
 serving loop never waits for it); a failed job (exception, non-finite loss or forecasts) leaves the
 champion untouched, is reported as an event, and the next trigger waits an exponential backoff.
 
-The job trains on a sliding range of recent archived steps, excluding the newest `holdout_steps`: the
-Ray Train workers read that range from the archive themselves (a URI on a cluster; see
-`training.ray_train` for what travels how), report the challenger to `storage_path`, and this process
-registers it from there. The gate runs here, in the job's thread, and scores challenger, champion and persistence on those held-out steps (never trained on) with the
-evaluation protocol's masked metrics and promotes the challenger only if it beats the champion by
-`promote_margin` (the seed champion is persistence itself, so the first model must beat persistence;
-after a regime change a challenger that beats the champion but not persistence on the holdout is still
-promoted — it is the better of the models that can serve — and its reason says so). Every decision,
-with its figures, goes to the registry and the events stream.
+The job trains on a sliding range of recent archived steps, excluding the newest `holdout_steps`: the Ray
+Train workers read that range from the archive themselves (a URI on a cluster; see `training.ray_train`
+for what travels how), report the challenger to `storage_path`, and this process registers it from there.
+The gate runs here, in the job's thread, and scores challenger, champion and persistence on those held-out
+steps (never trained on) with the evaluation protocol's masked metrics and promotes the challenger only if
+it beats the champion by `promote_margin` (the seed champion is persistence itself, so the first model
+must beat persistence; after a regime change a challenger that beats the champion but not persistence on
+the holdout is still promoted — it is the better of the models that can serve — and its reason says so).
+Every decision, with its figures, goes to the registry and the events stream.
 """
 
 from __future__ import annotations
