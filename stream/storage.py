@@ -92,18 +92,22 @@ class Location:
 
     def files(self, recursive: bool = True) -> list[Location]:
         """Files below this folder, sorted by path; hidden names (`.…`, temporary) are skipped."""
-        try:
-            infos = self.fs.get_file_info(
-                pafs.FileSelector(self.path, recursive=recursive, allow_not_found=True)
-            )
-        except OSError as exc:
-            raise StorageError(f"cannot list {self.uri}: {explain(exc)}") from exc
-        out = []
-        for info in infos:
-            if info.type != pafs.FileType.File or info.base_name.startswith("."):
-                continue
-            rel = posixpath.relpath(info.path, self.path)
-            out.append(self / rel)
+        if self.is_local:  # os.walk: a temporary file renamed away mid-listing is skipped, not an error
+            found = []
+            for folder, subfolders, names in os.walk(self.path):
+                subfolders[:] = sorted(d for d in subfolders if recursive and not d.startswith("."))
+                found += [posixpath.join(folder, n) for n in names if not n.startswith(".")]
+        else:
+            try:
+                infos = self.fs.get_file_info(
+                    pafs.FileSelector(self.path, recursive=recursive, allow_not_found=True)
+                )
+            except OSError as exc:
+                raise StorageError(f"cannot list {self.uri}: {explain(exc)}") from exc
+            found = [
+                i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(".")
+            ]
+        out = [self / posixpath.relpath(path, self.path) for path in found]
         return sorted(out, key=lambda loc: loc.path)
 
     # -- writing ---------------------------------------------------------------------------------------
