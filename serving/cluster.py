@@ -8,6 +8,7 @@ training workers read, the registry, Ray Train's storage — must be a location 
 from __future__ import annotations
 
 from serving.config import ConfigError, Settings
+from stream.storage import is_uri
 
 
 def require_shared_storage(settings: Settings) -> None:
@@ -24,7 +25,7 @@ def require_shared_storage(settings: Settings) -> None:
         ("retrain.registry", r.registry),
         ("retrain.storage_path", r.storage_path),
     ):
-        if nodes > 1 and where is not None and "://" not in where:
+        if nodes > 1 and where is not None and not is_uri(where):
             env = "SENSORCAST_" + setting.upper().replace(".", "__")
             raise ConfigError(
                 f"{setting}={where} is a folder on this machine, but the Ray cluster has {nodes} nodes whose "

@@ -86,6 +86,11 @@ class Dispatcher:
         """Per replica: version, device, backend, Ray node id, pid, model load time."""
         return list(ray.get([a.info.remote() for a in self.actors], timeout=self.retry_deadline_s))
 
+    def placement(self) -> dict[str, list[Any]]:
+        """Where the replicas run (Ray node ids) and how long each took to load its model."""
+        infos = self.infos()
+        return {"nodes": [i["node"] for i in infos], "load_ms": [round(i["load_ms"], 1) for i in infos]}
+
     @property
     def spec(self) -> ModelSpec:
         return self.shipment.spec

@@ -33,7 +33,7 @@ def open_registry(root: str | Location, storage: StorageSettings) -> Any:
 
 
 def is_registry(loc: Location) -> bool:
-    return loc.exists() and not loc.is_file() and any((loc / d).exists() for d in ("versions", "champion"))
+    return any((loc / d).exists() for d in ("versions", "champion"))
 
 
 def resolve(ref: str, storage: StorageSettings) -> tuple[ModelSpec, Any]:
@@ -73,24 +73,11 @@ def bootstrap(reg: Any, spec: ModelSpec, network: Any, window: int, horizon: int
         return ModelSpec(champion.uri, champion.sha256)
     source: Any = spec.ref
     if spec.is_baseline:
-        from training.baselines import Persistence, PersistenceConfig
         from training.checkpoint import Checkpoint, checkpoint_bytes
-        from training.scaler import StandardScaler
 
-        kind = spec.ref.split(":", 1)[1]
-        if kind != "persistence":
+        if spec.ref != "baseline:persistence":
             raise ValueError(f"only baseline:persistence can seed a registry, not {spec.ref}")
-        targets = tuple(range(network.n_features))
-        ckpt = Checkpoint.from_model(
-            "persistence",
-            Persistence(PersistenceConfig(horizon=horizon, targets=targets)),
-            scaler=StandardScaler.identity(network.n_features),
-            network=network,
-            targets=network.feature_names,
-            window=window,
-            horizon=horizon,
-            version="baseline-persistence",
-        )
+        ckpt = Checkpoint.persistence(network, window=window, horizon=horizon, version="baseline-persistence")
         source = checkpoint_bytes(ckpt)
     record = reg.register(source, parent=None, reason="seed: the first champion")
     reg.promote(record.version, reason="seed: the first champion")

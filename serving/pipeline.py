@@ -134,7 +134,9 @@ class ServePipeline:
             horizon=self.horizon, step_ms=self.network.step_ms, targets=self.dispatcher.targets,
             rolling_steps=s.online.rolling_steps, zero_is_missing=s.online.zero_is_missing,
         )  # fmt: skip
-        self.sink.add_event("serving", self.dispatcher.version, {"spec": self.spec.ref, **self._placement()})
+        self.sink.add_event(
+            "serving", self.dispatcher.version, {"spec": self.spec.ref, **self.dispatcher.placement()}
+        )
         self.ingest.start()
         if s.retrain.enabled:
             self.retrainer = Retrainer(
@@ -176,15 +178,10 @@ class ServePipeline:
         self.metrics.set_version(version)
         if self.retrainer is not None:
             self.champion = self._local_predictor(spec)
-        detail = {"previous": old, "why": why, "spec": spec.ref, **self._placement()}
+        detail = {"previous": old, "why": why, "spec": spec.ref, **self.dispatcher.placement()}
         self.sink.add_event("serving", version, detail)
         log.info("model swapped", extra={"from": old, "to": version, "why": why})
         return version
-
-    def _placement(self) -> dict[str, list[Any]]:
-        """Where the replicas run (Ray node ids) and how long each took to load the model."""
-        infos = self.dispatcher.infos()
-        return {"nodes": [i["node"] for i in infos], "load_ms": [round(i["load_ms"], 1) for i in infos]}
 
     def _lifecycle(self) -> None:
         assert self.sink is not None and self.dispatcher is not None
@@ -376,7 +373,9 @@ class ServePipeline:
         if self.dispatcher.retries > self._retries:  # an actor failed and was replaced (maybe elsewhere)
             self.metrics.actor_retries.inc(self.dispatcher.retries - self._retries)
             self._retries = self.dispatcher.retries
-            self.sink.add_event("actors_recovered", version, {"retries": self._retries, **self._placement()})
+            self.sink.add_event(
+                "actors_recovered", version, {"retries": self._retries, **self.dispatcher.placement()}
+            )
         for k in range(out.shape[0]):
             step_ts = pending.step_ts[first + k]
             self.sink.write(StepForecast(step_ts, version, out[k], wall_ms()))

@@ -25,7 +25,6 @@ One writer per root. No Kafka, no clock.
 from __future__ import annotations
 
 import re
-import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -36,17 +35,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import tomli_w
 
 from stream.config import StorageSettings
-from stream.network import Network, NetworkError
+from stream.network import Network
 from stream.storage import Location, open_location
 from stream.window import LateReading, SealedStep
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 _PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 LATE_COLUMNS = ("sensor", "feature", "ts", "value", "step_ts", "partition", "offset")
@@ -80,7 +73,7 @@ class Archive:
         """Record the network beside the steps (retraining reads it); refuse another network's archive."""
         theirs = read_network(self.root)
         if theirs is None:
-            (self.root / NETWORK_FILE).write_text(tomli_w.dumps(self.network.to_dict()))
+            (self.root / NETWORK_FILE).write_text(self.network.dumps())
         elif theirs.fingerprint() != self.network.fingerprint():
             raise ArchiveMismatch(
                 f"archive {self.root} belongs to network {theirs.name!r} ({theirs.n_sensors} sensors), "
@@ -294,9 +287,4 @@ def _write(table: pa.Table, loc: Location) -> None:
 def read_network(root: Location) -> Network | None:
     """The network recorded in an archive, None when it has none yet."""
     loc = root / NETWORK_FILE
-    if not loc.exists():
-        return None
-    try:
-        return Network.from_dict(tomllib.loads(loc.read_text()))
-    except tomllib.TOMLDecodeError as exc:
-        raise NetworkError(f"cannot parse network definition {loc}: {exc}") from exc
+    return Network.loads(loc.read_text(), loc) if loc.exists() else None

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stream.archive import NETWORK_FILE, Archive, read_network
 from stream.config import StorageSettings
 from stream.network import Feature, Network
-from stream.storage import Location, open_location
+from stream.storage import Location, is_uri, open_location
 
 
 class DatasetError(ValueError):
@@ -262,23 +263,14 @@ def read_archive(
 ) -> SensorDataset:
     """The stream's own archive (sealed steps in Parquet + `network.toml`), local or at a URI, as a
     dataset: what retraining reads. `start_ms`/`end_ms` bound the steps (end exclusive)."""
-    from stream.archive import Archive, read_network
-
     loc = open_location(root, storage)
     network = read_network(loc)
     if network is None:
-        raise DatasetError(f"{loc} has no {ARCHIVE_NETWORK_FILE}: not a sensorcast archive")
+        raise DatasetError(f"{loc} has no {NETWORK_FILE}: not a sensorcast archive")
     step_ts, values, mask = Archive(loc, network).read(start_ms=start_ms, end_ms=end_ms)
     if len(step_ts) == 0:
         raise DatasetError(f"archive {loc} holds no sealed steps in the requested range")
     return SensorDataset(network, values, mask, step_ts, zero_is_missing=zero_is_missing)
-
-
-ARCHIVE_NETWORK_FILE = "network.toml"
-
-
-def is_uri(path: str | Path) -> bool:
-    return "://" in str(path)
 
 
 def load_dataset(path: str | Path, storage: StorageSettings | None = None) -> SensorDataset:
@@ -289,7 +281,7 @@ def load_dataset(path: str | Path, storage: StorageSettings | None = None) -> Se
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"no dataset at {path}")
-    if path.is_dir() and (path / ARCHIVE_NETWORK_FILE).exists() and (path / "steps").is_dir():
+    if path.is_dir() and (path / NETWORK_FILE).exists() and (path / "steps").is_dir():
         return read_archive(path)
     folder = path if path.is_dir() else path.parent
     csvs = sorted(folder.glob("*.csv"))

@@ -155,24 +155,29 @@ class Network:
         }
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
+    def dumps(self, fmt: str = "toml") -> str:
+        """The definition as TOML (or JSON) text: what `save` writes and `loads` reads."""
+        return json.dumps(self.to_dict(), indent=1) if fmt == "json" else tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def loads(cls, text: str, source: object, fmt: str = "toml") -> Network:
+        """Parse a definition; errors name `source` (a path or URI)."""
+        try:
+            data = json.loads(text) if fmt == "json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise NetworkError(f"cannot parse network definition {source}: {exc}") from exc
+        return cls.from_dict(data)
+
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        if path.suffix == ".json":
-            path.write_text(json.dumps(self.to_dict(), indent=1))
-        else:
-            path.write_text(tomli_w.dumps(self.to_dict()))
+        path.write_text(self.dumps("json" if path.suffix == ".json" else "toml"))
 
     @classmethod
     def load(cls, path: str | Path) -> Network:
         path = Path(path)
         if not path.exists():
             raise NetworkError(f"no network definition at {path}")
-        text = path.read_text()
-        try:
-            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (ValueError, tomllib.TOMLDecodeError) as exc:
-            raise NetworkError(f"cannot parse network definition {path}: {exc}") from exc
-        return cls.from_dict(data)
+        return cls.loads(path.read_text(), path, "json" if path.suffix == ".json" else "toml")
 
     @classmethod
     def simple(

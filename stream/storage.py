@@ -193,6 +193,11 @@ def explain(exc: BaseException) -> str:
     return text[:300]
 
 
+def is_uri(where: str | Path) -> bool:
+    """Whether `where` is a URI (`s3://…`, `file://…`) rather than a bare local path."""
+    return _SCHEME.match(str(where)) is not None
+
+
 def open_location(where: str | Path | Location, settings: StorageSettings | None = None) -> Location:
     """A local path, `file://`, `s3://` or `gs://` URI as a `Location` (S3 options from `settings`)."""
     if isinstance(where, Location):

@@ -123,6 +123,23 @@ class Checkpoint:
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return cls(kind=kind, config=config_dict(model), state_dict=state, **kw)
 
+    @classmethod
+    def persistence(cls, network: Network, *, window: int, horizon: int, version: str) -> Checkpoint:
+        """The persistence baseline over every feature of `network` as a checkpoint (identity scaler)."""
+        from training.baselines import Persistence, PersistenceConfig
+
+        model = Persistence(PersistenceConfig(horizon=horizon, targets=tuple(range(network.n_features))))
+        return cls.from_model(
+            "persistence",
+            model,
+            scaler=StandardScaler.identity(network.n_features),
+            network=network,
+            targets=network.feature_names,
+            window=window,
+            horizon=horizon,
+            version=version,
+        )
+
     @property
     def network_fingerprint(self) -> str:
         return self.network.fingerprint()

@@ -51,8 +51,9 @@ def train_with_ray(
     try:
         if open_location(cfg.dataset, storage).is_local:
             payload["dataset"] = ray.put(read_data(cfg, storage))
-        if cfg.init_checkpoint and open_location(cfg.init_checkpoint, storage).is_local:
-            payload["init"] = open_location(cfg.init_checkpoint, storage).read_bytes()
+        init = open_location(cfg.init_checkpoint, storage) if cfg.init_checkpoint else None
+        if init is not None and init.is_local:
+            payload["init"] = init.read_bytes()
         resources: dict[str, float] = {"CPU": cpus_per_worker, **(resources_per_worker or {})}
         if use_gpu:
             resources["GPU"] = 1

@@ -23,10 +23,8 @@ from stream.network import Network
 from stream.simulate import Simulator, simulated_network
 from tests.conftest import wait_for
 from tests.faults.reliability import Reliability
-from training.baselines import Persistence, PersistenceConfig
 from training.checkpoint import Checkpoint, save_checkpoint
 from training.registry import Registry
-from training.scaler import StandardScaler
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("ray_local")]
 
@@ -35,16 +33,7 @@ T0 = 1_767_225_600_000
 
 
 def _good(network: Network, path: Path, window: int, horizon: int) -> str:
-    ckpt = Checkpoint.from_model(
-        "persistence",
-        Persistence(PersistenceConfig(horizon=horizon, targets=tuple(range(network.n_features)))),
-        scaler=StandardScaler.identity(network.n_features),
-        network=network,
-        targets=network.feature_names,
-        window=window,
-        horizon=horizon,
-        version="good-persistence",
-    )
+    ckpt = Checkpoint.persistence(network, window=window, horizon=horizon, version="good-persistence")
     return save_checkpoint(ckpt, path)
 
 
