@@ -52,11 +52,12 @@ import numpy as np
 import orjson
 import pyarrow
 
-from serving.cli_common import settle_heap
 from serving.embedded import EmbeddedRuntime
+from serving.memory import settle_heap
 from stream.archive import Archive
+from stream.clock import wall_ms
 from stream.config import KafkaSettings, WindowSettings
-from stream.consume import IngestService, wall_ms
+from stream.consume import IngestService
 from stream.datasets import SensorDataset, load_dataset
 from stream.ingest import Ingestor
 from stream.kafka_io import IngestConsumer, ReadingProducer, ensure_topics

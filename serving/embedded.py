@@ -18,7 +18,6 @@ import contextlib
 import ctypes
 import importlib.util
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -28,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+
+from serving.memory import rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ class EmbeddedRuntime:
         out: dict[str, float] = {}
         for server in (self.kafka, self.redis):
             if server is not None and server.pid is not None:
-                out[server.name] = _rss_mb(server.pid)
+                out[server.name] = rss_mb(server.pid)
         return out
 
     def __enter__(self) -> EmbeddedRuntime:
@@ -269,17 +270,3 @@ class EmbeddedRuntime:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def rss_mb(pid: int | None = None) -> float:
-    return _rss_mb(os.getpid() if pid is None else pid)

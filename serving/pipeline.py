@@ -32,7 +32,8 @@ from serving.online import OnlineEvaluator
 from serving.retrain import Retrainer
 from serving.sink import RedisSink, StepForecast, connect
 from stream.archive import Archive
-from stream.consume import IngestService, wall_ms
+from stream.clock import wall_ms
+from stream.consume import IngestService
 from stream.network import Network
 from stream.rolling import RollingWindow
 from stream.storage import check

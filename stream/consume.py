@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from stream.archive import Archive
+from stream.clock import wall_ms
 from stream.config import KafkaSettings, WindowSettings
 from stream.ingest import Ingestor
 from stream.kafka_io import DeadLetterProducer, IngestConsumer, ensure_topics
@@ -31,10 +32,6 @@ from stream.window import SealedStep
 log = logging.getLogger(__name__)
 
 OnSealed = Callable[[list[SealedStep]], Any]
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class IngestService:

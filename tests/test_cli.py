@@ -101,7 +101,7 @@ def test_models_commands_list_promote_and_rollback(
 
 def test_settle_heap_freezes_what_a_command_started_with(caplog: pytest.LogCaptureFixture) -> None:
     """Long-running commands freeze their start-up heap once started; the log says how much."""
-    from serving.cli_common import settle_heap
+    from serving.memory import settle_heap
 
     garbage: list[object] = []
     garbage.append(garbage)  # a cycle: collected first, not frozen

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from serving.cli_common import ConfigFile, console
+from serving.cli.common import ConfigFile, console
 
 if TYPE_CHECKING:
     from training.registry import Registry

@@ -1,5 +1,5 @@
-"""Stream-side and operator commands: `simulate`, `ingest`, `replay`, `forecasts` (registered by
-`serving.cli`)."""
+"""Operator commands: `serve` (the long-running pipeline) and the stream-side `simulate`, `ingest`,
+`replay`, `forecasts` (registered by `serving.cli`)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,23 @@ from typing import Annotated
 
 import typer
 
-from serving.cli_common import (
+from serving import logs
+from serving.cli.common import (
     Bootstrap,
     ConfigFile,
     LogLevel,
+    RayAddress,
+    RedisUrl,
     broker_settings,
     console,
     network_for,
+    ray_session,
+    runtime,
     settings_from,
-    settle_heap,
 )
+from serving.forecaster import ModelSpec
+from serving.memory import settle_heap
+from stream.clock import wall_ms
 from stream.network import Network
 
 
@@ -41,10 +48,17 @@ def simulate(
     settings = broker_settings("simulate", config, bootstrap, log_level)
     network = network_for(settings, sensors)
     ensure_topics(settings.kafka, {settings.kafka.readings_topic: settings.kafka.partitions})
-    start = time.time_ns() // 1_000_000
     try:
-        stats = run_simulation(settings.kafka, network, speed=speed, start_ts=start, n_steps=steps or None,
-                               seed=seed, fmt=fmt, regime_at_step=regime_at)  # fmt: skip
+        stats = run_simulation(
+            settings.kafka,
+            network,
+            speed=speed,
+            start_ts=wall_ms(),
+            n_steps=steps or None,
+            seed=seed,
+            fmt=fmt,
+            regime_at_step=regime_at,
+        )
     except KeyboardInterrupt:
         return
     console.print(
@@ -183,16 +197,76 @@ def replay(
         ds.network.save(save_network)
     ensure_topics(settings.kafka, {settings.kafka.readings_topic: settings.kafka.partitions})
     msgs, exp = plan(
-        ds, n_partitions=settings.kafka.partitions, start_step=start_step, n_steps=steps or None, fmt=fmt,
-        shuffle_ms=shuffle_ms, duplicate_rate=duplicates, garbage_rate=garbage, late_readings=late,
-        allowed_lateness_ms=settings.window.allowed_lateness_ms, seed=seed,
-    )  # fmt: skip
+        ds,
+        n_partitions=settings.kafka.partitions,
+        start_step=start_step,
+        n_steps=steps or None,
+        fmt=fmt,
+        shuffle_ms=shuffle_ms,
+        duplicate_rate=duplicates,
+        garbage_rate=garbage,
+        late_readings=late,
+        allowed_lateness_ms=settings.window.allowed_lateness_ms,
+        seed=seed,
+    )
     from rich.progress import Progress
 
     with ReadingProducer(settings.kafka, ds.network) as producer, Progress(console=console) as progress:
         task = progress.add_task(f"replaying {ds.network.name}", total=len(msgs))
-        send(msgs, producer, step_ms=ds.network.step_ms, speed=speed,
-             on_progress=lambda n: progress.update(task, completed=n))  # fmt: skip
+        send(
+            msgs,
+            producer,
+            step_ms=ds.network.step_ms,
+            speed=speed,
+            on_progress=lambda n: progress.update(task, completed=n),
+        )
         progress.update(task, completed=len(msgs))
-    console.print_json(data={"messages": len(msgs), "readings": exp.readings, "duplicates": exp.duplicates,
-                             "late": exp.late, "dead_by_reason": exp.dead_by_reason})  # fmt: skip
+    summary = {"messages": len(msgs), "readings": exp.readings, "duplicates": exp.duplicates}
+    console.print_json(data={**summary, "late": exp.late, "dead_by_reason": exp.dead_by_reason})
+
+
+def serve(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="baseline:persistence, a checkpoint or a registry (path or URI), or REGISTRY:VERSION"
+        ),
+    ] = "baseline:persistence",
+    sensors: Annotated[int, typer.Option(help="simulated network size when no --network file is given")] = 20,
+    retrain: Annotated[
+        bool | None, typer.Option(help="retrain and hot-swap (default: from settings)")
+    ] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="registry for retraining: a folder or URI (s3://bucket/prefix)")
+    ] = None,
+    network_file: Annotated[Path | None, typer.Option("--network", help="network TOML/JSON")] = None,
+    duration: Annotated[float, typer.Option(help="seconds to run (0 = until Ctrl-C)")] = 0.0,
+    bootstrap: Bootstrap = None,
+    redis_url: RedisUrl = None,
+    ray_address: RayAddress = None,
+    config: ConfigFile = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Ingest readings, forecast every sealed step with Ray actors, write forecasts to Redis."""
+    from serving.pipeline import ServePipeline
+
+    logs.configure(log_level)
+    settings = settings_from(
+        config, bootstrap, redis_url, ray_address, retrain={"enabled": retrain, "registry": registry}
+    )
+    if network_file is not None:
+        settings = settings.model_copy(update={"network_file": network_file})
+    with runtime(settings) as settings, ray_session(settings):
+        network = network_for(settings, sensors)
+        pipeline = ServePipeline(settings, network, ModelSpec(model)).start(serve_metrics=True)
+        settle_heap()
+        console.print(
+            f"serving {network.name} ({network.n_sensors} sensors) from {settings.kafka.bootstrap}, "
+            f"metrics on :{pipeline.metrics_port}"
+        )
+        try:
+            pipeline.run(duration_s=duration or None)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            pipeline.close()

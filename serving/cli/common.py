@@ -4,9 +4,7 @@ and the Ray session as context managers, the network a command works on."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,8 +29,13 @@ ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 
 
-def settings_from(config: Path | None, bootstrap: str | None, redis_url: str | None, ray_address: str | None,
-              **sections: dict[str, Any]) -> Settings:  # fmt: skip
+def settings_from(
+    config: Path | None,
+    bootstrap: str | None,
+    redis_url: str | None,
+    ray_address: str | None,
+    **sections: dict[str, Any],
+) -> Settings:
     return load_settings(
         config,
         kafka={"bootstrap": bootstrap, **sections.pop("kafka", {})},
@@ -70,8 +73,9 @@ def ray_session(settings: Settings) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    ray.init(address=settings.ray.address, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)  # fmt: skip
+    ray.init(
+        address=settings.ray.address, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
     try:
         yield
     finally:
@@ -93,16 +97,3 @@ def network_for(settings: Settings, sensors: int, *, step_ms: int = 300_000) -> 
     if settings.network_file is not None:
         return Network.load(settings.network_file)
     return simulated_network(sensors, step_ms=step_ms)
-
-
-def settle_heap() -> None:
-    """Once a long-running command has started (imports, clients, model, Ray): collect, then freeze what
-    survives into the permanent generation, so that full collections stop walking that long-lived heap
-    (~87k objects before any model). `IngestService.poll_once` on single-reading messages, as
-    `benchmarks/ingest.py` runs it, took 15.8 instead of 17.8 µs of CPU per message with it (medians of
-    4 runs each)."""
-    t0 = time.perf_counter()
-    gc.collect()
-    gc.freeze()
-    log.info("heap settled", extra={"frozen_objects": gc.get_freeze_count(),
-                                    "ms": round(1e3 * (time.perf_counter() - t0), 1)})  # fmt: skip

@@ -1,0 +1,137 @@
+"""`sensorcast demo`: the whole path on this machine — simulator → Kafka → windows → Ray actor →
+Redis, retraining on the archive and hot-swapping — with a live table and the dashboard."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from serving import logs
+from serving.cli.common import (
+    Bootstrap,
+    ConfigFile,
+    LogLevel,
+    RayAddress,
+    RedisUrl,
+    console,
+    network_for,
+    ray_session,
+    runtime,
+    settings_from,
+)
+from serving.forecaster import ModelSpec
+from serving.memory import rss_mb, settle_heap
+from stream.clock import wall_ms
+
+# The demo's retraining: a first job once ~300 steps are archived (2.5 min at the default speed, six
+# simulated days of 30-minute steps), then every 300 steps or on drift; a small STFormer on 2 Ray Train
+# workers × 0.5 CPU, warm-started from the champion after the first promotion.
+DEMO_RETRAIN = {
+    "every_steps": 300,
+    "min_steps": 250,
+    "holdout_steps": 48,
+    "history_steps": 1000,
+    "epochs": 30,
+    "time_budget_s": 150.0,
+    "workers": 2,
+    "drift_patience": 20,
+    "backoff_s": 30.0,
+}
+
+
+def demo(
+    duration: Annotated[float, typer.Option(help="seconds to run (0 = until Ctrl-C)")] = 60.0,
+    sensors: Annotated[int, typer.Option(help="simulated sensors")] = 20,
+    speed: Annotated[
+        float, typer.Option(help="simulated time per real time (3600: two 30-min steps per second)")
+    ] = 3600.0,
+    step_minutes: Annotated[int, typer.Option(help="grid step of the simulated network")] = 30,
+    model: Annotated[
+        str, typer.Option(help="baseline:persistence or a checkpoint path")
+    ] = "baseline:persistence",
+    data_dir: Annotated[Path, typer.Option(help="archive and registry root")] = Path("sensorcast-data/demo"),
+    show: Annotated[int, typer.Option(help="sensors shown in the live table")] = 8,
+    dashboard: Annotated[bool, typer.Option(help="serve the live dashboard and print its URL")] = True,
+    retrain: Annotated[
+        bool, typer.Option(help="retrain on the archive (Ray Train), gate and hot-swap while serving")
+    ] = True,
+    bootstrap: Bootstrap = None,
+    redis_url: RedisUrl = None,
+    ray_address: RayAddress = None,
+    config: ConfigFile = None,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Run the whole path locally: simulator → Kafka → windows → Ray actor → Redis, with a live table."""
+    from serving.cli.live import LiveView
+    from serving.pipeline import ServePipeline
+    from stream.produce import run_simulation
+
+    logs.configure(log_level)
+    t_start = time.monotonic()
+    retrain_settings = {**DEMO_RETRAIN, "enabled": retrain, "registry": str(data_dir / "registry")}
+    archive_settings = {"root": str(data_dir / "archive")}
+    settings = settings_from(
+        config, bootstrap, redis_url, ray_address, archive=archive_settings, retrain=retrain_settings
+    )
+    with runtime(settings) as settings, ray_session(settings):
+        if not bootstrap:  # the embedded broker starts empty: so do the archive and the registry
+            for folder in (settings.archive.root, settings.retrain.registry):
+                shutil.rmtree(folder, ignore_errors=True)
+        network = network_for(settings, sensors, step_ms=step_minutes * 60_000)
+        pipeline = ServePipeline(settings, network, ModelSpec(model), client_id="sensorcast-demo")
+        stop = threading.Event()
+        sim_error: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                backfill = settings.window.window + 2
+                start = wall_ms() - backfill * network.step_ms
+                run_simulation(
+                    settings.kafka, network, speed=speed, start_ts=start, backfill_steps=backfill, stop=stop
+                )
+            except BaseException as exc:  # surfaced in the main thread
+                sim_error.append(exc)
+                stop.set()
+
+        pipeline.start(serve_metrics=True)
+        if dashboard:
+            from serving.dashboard.app import start_in_thread
+
+            redis_url_ = settings.redis.url.get_secret_value()
+            registry = data_dir / "registry"
+            url = start_in_thread(redis_url_, network, settings.redis.key_prefix, registry=registry).url
+            console.print(f"dashboard: [bold]{url}[/bold]")
+        producer = threading.Thread(target=produce, name="simulator", daemon=True)
+        settle_heap()
+        producer.start()
+        view = LiveView(console, pipeline, show=show, started=t_start)
+        try:
+            with view:
+                pipeline.run(duration_s=duration or None, stop=stop, on_cycle=view.update)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]")
+        finally:
+            stop.set()
+            producer.join(timeout=10)
+            pipeline.close()
+        if sim_error:
+            raise sim_error[0]
+        view.summary(extra={"embedded_rss_mb": _embedded_rss(), "driver_rss_mb": round(rss_mb(), 1)})
+
+
+def _embedded_rss() -> dict[str, float]:
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            name = proc.name()
+            if name in ("tansu", "redis-server", "valkey-server"):
+                out[name] = round(proc.memory_info().rss / 2**20, 1)
+    return out
