@@ -83,3 +83,15 @@ def datasets_dir() -> Path:
     if not DATASETS.exists():
         pytest.skip(f"shared datasets not found at {DATASETS} (set SENSORCAST_DATASETS)")
     return DATASETS
+
+
+@pytest.fixture
+def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a test leaves files worth a look (screenshots, figures): a temp folder, or
+    `$SENSORCAST_TEST_ARTIFACTS` when set — tests never write into the repository on their own."""
+    chosen = os.environ.get("SENSORCAST_TEST_ARTIFACTS")
+    if not chosen:
+        return tmp_path_factory.mktemp("artifacts")
+    path = Path(chosen)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

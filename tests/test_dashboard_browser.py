@@ -1,7 +1,8 @@
 """The dashboard in a real browser: a live pipeline (real broker, Redis and Ray; the simulator publishing)
 serves a registry champion, the dashboard runs on uvicorn, and headless Chromium (Debian's, driven by
 Playwright) sees live updates arrive, selects a sensor and finds its forecast fan, the online MAE lines,
-the stream health and the models. The page is saved to test-artifacts/dashboard.png.
+the stream health and the models. The page is saved as dashboard.png in the
+`artifacts_dir` (a temp folder, or $SENSORCAST_TEST_ARTIFACTS).
 
 Skips when /usr/bin/chromium is absent (`apt-get install -y chromium`); never downloads a browser.
 """
@@ -22,7 +23,7 @@ from stream.kafka_io import ensure_topics
 from stream.network import Network
 from stream.produce import run_simulation
 from stream.simulate import simulated_network
-from tests.conftest import REPO, wait_for
+from tests.conftest import wait_for
 from training.baselines import Persistence, PersistenceConfig
 from training.checkpoint import Checkpoint, save_checkpoint
 from training.registry import Registry
@@ -38,7 +39,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOT = REPO / "test-artifacts" / "dashboard.png"
 WINDOW, HORIZON, SENSORS = 6, 6, 16
 
 pytestmark = [
@@ -69,7 +69,10 @@ def _registry(root: Path, network: Network) -> Registry:
     return reg
 
 
-def test_browser_sees_live_forecasts_and_selects_a_sensor(fresh_settings: Settings, tmp_path: Path) -> None:
+def test_browser_sees_live_forecasts_and_selects_a_sensor(
+    fresh_settings: Settings, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    screenshot = artifacts_dir / "dashboard.png"
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="pip install playwright (no browser download)"
     )
@@ -151,8 +154,7 @@ def test_browser_sees_live_forecasts_and_selects_a_sensor(fresh_settings: Settin
             until(
                 "document.querySelector('#map-legend').textContent.startsWith('value')", "the value colouring"
             )
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            page.screenshot(path=str(screenshot), full_page=True)
             browser.close()
     finally:
         dash.stop()
@@ -160,4 +162,4 @@ def test_browser_sees_live_forecasts_and_selects_a_sensor(fresh_settings: Settin
         for t in threads:
             t.join(timeout=30)
         pipeline.close()
-    assert SCREENSHOT.stat().st_size > 20_000
+    assert screenshot.stat().st_size > 20_000

@@ -86,7 +86,9 @@ def _run_until(pipe: ServePipeline, feed: Feed, cond: Any, timeout_s: float, wha
 
 
 @pytest.mark.slow
-def test_drift_triggers_retraining_and_promotion(fresh_settings: Settings, tmp_path: Path) -> None:
+def test_drift_triggers_retraining_and_promotion(
+    fresh_settings: Settings, tmp_path: Path, artifacts_dir: Path
+) -> None:
     # A model learns this network's daily cycle from ~10 days of steps; after the switch it needs about as
     # much of the new regime to come back to its old error. So drift must persist for 10 days (480 steps)
     # before it triggers, and the drift job trains on the newest 10 days only; the gate's holdout is a day.
@@ -141,9 +143,7 @@ def test_drift_triggers_retraining_and_promotion(fresh_settings: Settings, tmp_p
     promoted_ms = max(
         int(e["ts"]) for e in events if e["type"] == "promoted" and e["model_version"] == adapted
     )
-    artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    (artifacts / "retrain_drift.json").write_text(orjson.dumps({
+    (artifacts_dir / "retrain_drift.json").write_text(orjson.dumps({
         "drift_to_promotion_s": (promoted_ms - drift_ms) / 1000, "reference_mae": ref, "mae_after": mae_after,
         "regime_switch_step": switch_step, "steps_sent": feed.sent,
     }).decode())  # fmt: skip
