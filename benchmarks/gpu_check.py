@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from stream.network import Feature, Network
-from training.model import PRESETS, STFormer, STFormerConfig
+from training.model import PRESETS
 from training.predictor import Predictor
+from training.stformer import STFormer, STFormerConfig
 
 TRAIN_WINDOWS = 10_700  # PEMS08 full: 17,856 steps, 60 % train, minus window + horizon
 

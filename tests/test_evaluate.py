@@ -74,8 +74,8 @@ def test_explain_writes_attention_plots(tmp_path: Path) -> None:
     from stream.datasets import SensorDataset
     from stream.network import Network
     from training.explain import explain
-    from training.model import STFormer, STFormerConfig
     from training.scaler import StandardScaler
+    from training.stformer import STFormer, STFormerConfig
 
     torch.manual_seed(0)
     net = Network.simple("grid", 5, ["speed"], coords=tuple((float(i), float(i % 2)) for i in range(5)))

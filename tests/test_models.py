@@ -10,13 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-import training.model as model_module
+import training.attention as attention_module
 from stream.network import Network
+from training.attention import attend
 from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.data import time_features
-from training.model import AttentionSeq2Seq, Seq2SeqConfig, STFormer, STFormerConfig, attend
 from training.scaler import StandardScaler
+from training.seq2seq import AttentionSeq2Seq, Seq2SeqConfig
+from training.stformer import STFormer, STFormerConfig
 
 torch.set_num_threads(1)
 
@@ -151,6 +153,18 @@ def test_attention_maps() -> None:
     assert maps["temporal"].shape == (B, N, 2, T, T) and maps["spatial"].shape == (B, T, 2, N, N)
 
 
+@pytest.mark.parametrize("name", LEARNED)
+def test_attention_weights_are_returned_not_kept(name: str) -> None:
+    """Weights come back only from `attention_maps` (need_weights); no forward leaves tensors behind on a
+    module (training and serving would pay for them on every batch)."""
+    x, tf, mask, _ = _batch()
+    model = _build(name)
+    model(x, tf, mask)
+    assert model.attention_maps(x, tf, mask)  # type: ignore[operator]
+    kept = [k for m in model.modules() for k, v in vars(m).items() if isinstance(v, torch.Tensor)]
+    assert kept == []
+
+
 def test_time_features_hold_time_of_day_day_of_week_and_time_of_year() -> None:
     ts = np.array([np.datetime64(d, "ms").astype(np.int64) for d in ("2001-01-01T06:00", "2001-07-02T00:00")])
     tf = time_features(ts)  # [2, 3]
@@ -186,7 +200,7 @@ def test_attend_equals_scaled_dot_product_attention(
     """The CPU attention written out in chunks gives what `F.scaled_dot_product_attention` gives, values
     and gradients (the graph bias's included)."""
     if chunk is not None:
-        monkeypatch.setattr(model_module, "CPU_SCORES_CHUNK", chunk)
+        monkeypatch.setattr(attention_module, "CPU_SCORES_CHUNK", chunk)
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(m, heads, length, d, generator=g, requires_grad=True) for _ in range(3))
     bias = torch.randn(heads, length, length, generator=g, requires_grad=True) if with_bias else None

@@ -40,28 +40,13 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used; the message says why and what to do."""
 
 
-def _model_classes(kind: str) -> tuple[type, type[nn.Module]]:
-    from training import baselines
-
-    if kind == "persistence":
-        return baselines.PersistenceConfig, baselines.Persistence
-    if kind == "historical_average":
-        return baselines.HistoricalAverageConfig, baselines.HistoricalAverage
-    from training import model
-
-    if kind == "seq2seq":
-        return model.Seq2SeqConfig, model.AttentionSeq2Seq
-    if kind == "stformer":
-        return model.STFormerConfig, model.STFormer
-    raise CheckpointError(f"unknown model kind {kind!r}: expected one of {', '.join(MODEL_KINDS)}")
-
-
-MODEL_KINDS = ("persistence", "historical_average", "seq2seq", "stformer")
-
-
 def build_model(kind: str, config: dict[str, Any]) -> nn.Module:
     """Instantiate a model of `kind` from its config as stored in a checkpoint (lists become tuples)."""
-    config_cls, model_cls = _model_classes(kind)
+    from training.model import MODEL_CLASSES
+
+    if kind not in MODEL_CLASSES:
+        raise CheckpointError(f"unknown model kind {kind!r}: expected one of {', '.join(MODEL_CLASSES)}")
+    config_cls, model_cls = MODEL_CLASSES[kind]
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = set(config) - names
     if unknown:
