@@ -82,10 +82,25 @@ def test_refit_on_train_and_validation_keeps_the_final_weights(tiny_dataset: Pat
     # A time budget ends a refit early and still keeps the latest weights, not the untrained ones.
     summary = train_func({**config, "epochs": 50, "fit_on": "train+val", "time_budget_s": 0.01})
     assert summary["epochs_run"] == summary["best_epoch"] == 1
-    with pytest.raises(ValueError, match="fit_on"):
-        train_func({**config, "fit_on": "test"})
-    with pytest.raises(ValueError, match="baseline"):
-        train_func({**config, "model": "ha", "fit_on": "train+val"})
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        ({"out": ""}, "needs `out`"),
+        ({"model": "arima"}, "unknown model"),
+        ({"preset": "huge"}, "unknown preset"),
+        ({"loss": "l3"}, "unknown loss"),
+        ({"schedule": "step"}, "unknown schedule"),
+        ({"fit_on": "test"}, "unknown fit_on"),
+        ({"model": "ha", "fit_on": "train+val"}, "is a baseline"),
+    ],
+)
+def test_a_config_that_cannot_train_is_refused_before_any_data_is_read(
+    tmp_path: Path, bad: dict[str, object], error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        train_func({**_config(tmp_path / "no-such-dataset", tmp_path / "m.pt", model="seq2seq"), **bad})
 
 
 def test_historical_average_trains_as_a_fitted_baseline(tiny_dataset: Path, tmp_path: Path) -> None:

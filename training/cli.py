@@ -35,6 +35,7 @@ DatasetOpt = Annotated[
 
 @app.command()
 def train(
+    ctx: typer.Context,
     dataset: DatasetOpt,
     out: Annotated[Path, typer.Option("--out", help="checkpoint file to write")],
     model: Annotated[ModelKind, typer.Option("--model")] = ModelKind.stformer,
@@ -71,27 +72,18 @@ def train(
     ] = None,
 ) -> None:
     """Train a model by the dataset's protocol; prints progress, then the validation summary."""
-    from training.ray_train import train_with_ray
-    from training.train import progress_line, train_func
+    from dataclasses import fields
 
+    from training.ray_train import train_with_ray
+    from training.train import TrainConfig, progress_line, train_func
+
+    # Options named like a TrainConfig field pass through as they are; the others are converted here.
+    names = {f.name for f in fields(TrainConfig)}
     config: dict[str, Any] = {
+        **{k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items() if k in names},
         "dataset": str(dataset),
         "out": str(out),
-        "model": model.value,
-        "preset": preset.value,
-        "epochs": epochs,
         "time_budget_s": time_budget_min * 60 if time_budget_min else None,
-        "batch_size": batch_size,
-        "lr": lr,
-        "loss": loss,
-        "schedule": schedule,
-        "warmup_epochs": warmup_epochs,
-        "ema": ema,
-        "max_val_windows": max_val_windows,
-        "patience": patience,
-        "fit_on": fit_on,
-        "seed": seed,
-        "threads": threads,
         "overrides": dict(_parse_override(o) for o in overrides or []),
     }
     baseline = model in (ModelKind.persistence, ModelKind.ha)

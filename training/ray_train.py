@@ -1,6 +1,6 @@
-"""Ray Train: `train_with_ray` runs `training.train.train_func` on N `TorchTrainer` workers (DDP; CPU or GPU)
-and returns the summary with the URI of the checkpoint rank 0 reported. Ray is imported only inside these
-functions, so the plain training path never loads it.
+"""Ray Train: `train_with_ray` runs `training.train.train_func` on N `TorchTrainer` workers (DDP; CPU or GPU),
+each with a `RayReporter`, and returns the summary with the URI of the checkpoint rank 0 reported. Ray is
+imported only inside these functions, so the plain training path never loads it.
 
 Nothing handed to the workers is a path on the driver's disk, since Ray may place them on any node:
 - data: an archive or dataset at a URI (`s3://…`) is read by each worker itself (the whole range: windows
@@ -18,6 +18,9 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
 
 from stream.config import StorageSettings
 from stream.storage import Location, open_location
@@ -43,7 +46,7 @@ def train_with_ray(
     from ray.train.torch import TorchTrainer
 
     storage = storage or StorageSettings()
-    cfg = TrainConfig.from_dict(config)
+    cfg = TrainConfig(**config)
     payload: dict[str, Any] = {"storage": storage, "dataset": None, "init": None}
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -68,7 +71,6 @@ def train_with_ray(
             train_loop_config={
                 **config,
                 "out": "",
-                "_ray": True,
                 "_payload": payload,
                 "threads": config.get("threads") or 1,
             },
@@ -104,22 +106,38 @@ def _ray_worker(config: dict[str, Any]) -> None:
     train_func(
         config,
         log=lambda row: print(progress_line(row), flush=True),
+        report=RayReporter(),
         dataset=ray.get(data) if data is not None else None,
         init_weights=payload["init"],
         storage=payload["storage"],
     )
 
 
-def report_final(summary: dict[str, Any], ckpt: Checkpoint | None) -> None:
-    """Ray Train: every rank reports the summary; rank 0 attaches the checkpoint, which Ray copies to the
-    run's storage (an object store on a cluster) — the driver takes it from there, never from this node."""
-    import ray
-    import ray.train
+class RayReporter:
+    """`train_func`'s reporter on a Ray Train worker: the worker's device and DDP wrapping, each epoch's
+    metrics through `ray.train.report`, and the final summary, rank 0's with the checkpoint."""
 
-    with tempfile.TemporaryDirectory(prefix="sensorcast-ckpt-") as tmp:
-        if ckpt is None:
-            ray.train.report(dict(summary))
-            return
-        save_checkpoint(ckpt, Path(tmp) / "model.pt")
-        metrics = {**summary, "version": ckpt.version, "node": ray.get_runtime_context().get_node_id()}
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    def prepare(self, model: nn.Module) -> tuple[nn.Module, torch.device]:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+        return ray.train.torch.prepare_model(model), device
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        import ray.train
+
+        ray.train.report(row)
+
+    def final(self, summary: dict[str, Any], ckpt: Checkpoint | None) -> None:
+        """Every rank reports the summary; rank 0 attaches the checkpoint, which Ray copies to the run's
+        storage (an object store on a cluster) — the driver takes it from there, never from this node."""
+        import ray
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix="sensorcast-ckpt-") as tmp:
+            if ckpt is None:
+                ray.train.report(dict(summary))
+                return
+            save_checkpoint(ckpt, Path(tmp) / "model.pt")
+            metrics = {**summary, "version": ckpt.version, "node": ray.get_runtime_context().get_node_id()}
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

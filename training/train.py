@@ -1,11 +1,9 @@
 """Training: one `train_func(config)` that runs plain (unit tests, benchmarks) or as a Ray Train worker.
 
 `train_func` loads the dataset, applies the field's protocol (chronological split, scaler fitted on train
-only), trains with a masked loss, early-stops on validation MAE (never on test), and has rank 0 write a
-self-describing checkpoint — to `out` in a plain run, through `ray.train.report(checkpoint=…)` to the run's
-shared storage under Ray Train. `training.ray_train.train_with_ray` runs the same function on N workers
-through `TorchTrainer` (DDP; CPU or GPU); Ray is imported only there and in the Ray-only branches here.
-"""
+only), fits a baseline or trains a learned model with a masked loss, early-stops on validation MAE (never
+on test), and has rank 0 write a self-describing checkpoint to `out` — or hand it to its `Reporter`, which
+under Ray Train (`training.ray_train`, the only module that imports Ray) sends it to the run's storage."""
 
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ import copy
 import math
 import os
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,20 +24,24 @@ from torch import nn
 
 from stream.config import StorageSettings
 from stream.datasets import SensorDataset, load_dataset, read_archive
-from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
+from training.baselines import HistoricalAverage
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.data import DAY_MS, Protocol, WindowData, fit_scaler, protocol_for
-from training.model import PRESETS, AttentionSeq2Seq, Seq2SeqConfig, STFormer, STFormerConfig
+from training.data import Protocol, WindowData, fit_scaler, protocol_for
+from training.model import BASELINES, build_model, check_preset, model_kind
 from training.scaler import StandardScaler
 
-MODEL_ALIASES = {"ha": "historical_average", "transformer": "stformer"}
-SEQ2SEQ_PRESETS: dict[str, dict[str, Any]] = {"small": {"hidden": 64}, "full": {"hidden": 128}}
+# per-element losses on scaled values [B, H, N, out]; missing targets are masked out afterwards
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mae": lambda pred, y: (pred - y).abs(),
+    "mse": lambda pred, y: (pred - y) ** 2,
+    "huber": lambda pred, y: nn.functional.huber_loss(pred, y, reduction="none", delta=1.0),
+}
 
 
 @dataclass
 class TrainConfig:
     dataset: str  # a dataset file or folder, or an archive (folder or URI)
-    out: str = ""  # plain runs: where the checkpoint goes (path or URI); Ray Train reports it instead
+    out: str = ""  # plain runs: where the checkpoint goes (path or URI); a reporter takes it instead
     start_ms: int | None = None  # archives: read only steps in [start_ms, end_ms)
     end_ms: int | None = None
     model: str = "stformer"  # seq2seq | stformer | persistence | ha
@@ -70,43 +73,50 @@ class TrainConfig:
     # final weights -- for a recipe whose epochs were chosen on validation; nothing is held out but test.
     fit_on: str = "train"
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return cls(**{k: v for k, v in data.items() if not k.startswith("_")})
-
-
-def build_model(
-    kind: str, ds: SensorDataset, protocol: Protocol, preset: str, overrides: dict[str, Any]
-) -> nn.Module:
-    """A fresh model of `kind` sized for `ds` and `protocol` (baselines come fitted)."""
-    kind = MODEL_ALIASES.get(kind, kind)
-    common = dict(window=protocol.window, horizon=protocol.horizon, targets=protocol.targets)
-    if kind == "stformer":
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}: expected one of {sorted(PRESETS)}")
-        spd = max(1, DAY_MS // ds.network.step_ms)
-        config = {"steps_per_day": spd, **PRESETS[preset], **overrides}
-        if spd == 1:  # daily data: the season, not the time of day, carries the cycle
-            config.setdefault("doy_dim", config["tod_dim"])
-        model = STFormer(
-            STFormerConfig(
-                n_nodes=ds.network.n_sensors,
-                in_features=ds.network.n_features,
-                **common,
-                **config,
+    def __post_init__(self) -> None:
+        """Refuse a config that could not train, before any data is read."""
+        check_preset(self.kind, self.preset)
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}: expected mae, mse or huber")
+        if self.schedule not in ("plateau", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r}: expected plateau or cosine")
+        if self.fit_on not in ("train", "train+val"):
+            raise ValueError(f"unknown fit_on {self.fit_on!r}: expected train or train+val")
+        if self.kind in BASELINES and self.fit_on != "train":
+            raise ValueError(
+                f"{self.kind} is a baseline fitted on the training part: fit_on applies to learned models"
             )
-        )
-        return model.set_graph(ds.network.edges) if model.config.graph_bias else model
-    if kind == "seq2seq":
-        config = {**SEQ2SEQ_PRESETS[preset], **overrides}
-        if ds.network.step_ms >= DAY_MS:
-            config.setdefault("seasonal", True)
-        return AttentionSeq2Seq(Seq2SeqConfig(in_features=ds.network.n_features, **common, **config))
-    if kind == "persistence":
-        return Persistence(PersistenceConfig(horizon=protocol.horizon, targets=protocol.targets))
-    if kind == "historical_average":
-        raise ValueError("historical_average is fitted, not built: use fit_historical_average")
-    raise ValueError(f"unknown model {kind!r}: expected seq2seq, stformer, persistence or ha")
+
+    @property
+    def kind(self) -> str:
+        """The model kind `model` names (aliases resolved)."""
+        return model_kind(self.model)
+
+
+class Reporter(typing.Protocol):
+    """Where a distributed worker's results go instead of `out` (Ray Train: `training.ray_train.RayReporter`)."""
+
+    def prepare(self, model: nn.Module) -> tuple[nn.Module, torch.device]:
+        """The model to train (wrapped for data-parallel training) and the device its batches go to."""
+        ...
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        """One epoch's metrics, from every worker."""
+        ...
+
+    def final(self, summary: dict[str, Any], ckpt: Checkpoint | None) -> None:
+        """The run's summary from every worker; rank 0's comes with the checkpoint."""
+        ...
+
+
+@dataclass
+class _Fit:
+    """What fitting a model leaves besides its weights."""
+
+    best_val: float  # masked validation MAE of the kept weights; NaN when nothing was held out
+    best_epoch: int = 0
+    train_windows: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
 
 
 def read_data(cfg: TrainConfig, storage: StorageSettings | None = None) -> SensorDataset:
@@ -130,16 +140,7 @@ def _warm_start(model: nn.Module, kind: str, source: str | bytes, storage: Stora
 
 
 def _loss(kind: str, pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    err = pred - y  # [B, H, N, out]
-    if kind == "mae":
-        per = err.abs()
-    elif kind == "mse":
-        per = err**2
-    elif kind == "huber":
-        per = nn.functional.huber_loss(pred, y, reduction="none", delta=1.0)
-    else:
-        raise ValueError(f"unknown loss {kind!r}: expected mae, mse or huber")
-    return (per * mask).sum() / mask.sum().clamp(min=1)
+    return (LOSSES[kind](pred, y) * mask).sum() / mask.sum().clamp(min=1)  # pred, y, mask [B, H, N, out]
 
 
 class _Dist:
@@ -182,21 +183,14 @@ def _validate(
     return err / max(count, 1.0)
 
 
-def fit_historical_average(
-    ds: SensorDataset, protocol: Protocol, scaler: StandardScaler
-) -> HistoricalAverage:
-    data = WindowData.build(ds, protocol, scaler)
+def fit_baseline(model: nn.Module, data: WindowData, protocol: Protocol) -> nn.Module:
+    """Fit a baseline on the training part: the historical average's table from the raw targets (not the
+    filled inputs); persistence has nothing to fit."""
+    if not isinstance(model, HistoricalAverage):
+        return model
     start, end = protocol.train
-    model = HistoricalAverage(
-        HistoricalAverageConfig(
-            n_nodes=ds.network.n_sensors,
-            steps_per_day=max(1, DAY_MS // ds.network.step_ms),
-            horizon=protocol.horizon,
-            targets=protocol.targets,
-        )
-    )
-    x = data.x.numpy()[start:end].copy()
-    x[..., list(protocol.targets)] = data.y.numpy()[start:end]  # raw targets, not the filled inputs
+    x = data.x.numpy()[start:end].copy()  # [T, N, F]
+    x[..., list(protocol.targets)] = data.y.numpy()[start:end]
     return model.fit(x, data.time_features.numpy()[start:end], data.mask.numpy()[start:end])
 
 
@@ -204,16 +198,18 @@ def train_func(
     config: dict[str, Any],
     log: Callable[[dict[str, Any]], None] | None = None,
     *,
+    report: Reporter | None = None,
     dataset: SensorDataset | None = None,
     init_weights: bytes | None = None,
     storage: StorageSettings | None = None,
 ) -> dict[str, Any]:
-    """Train one model per `TrainConfig` fields in `config`; returns a summary. Rank 0 writes `out` (plain
-    run) or reports the checkpoint (Ray Train). `dataset` / `init_weights` given in memory replace reading
-    `config["dataset"]` / `init_checkpoint`; `storage` opens URIs."""
-    cfg = TrainConfig.from_dict(config)
-    in_ray = bool(config.get("_ray"))
-    if not in_ray and not cfg.out:
+    """Train one model per `TrainConfig` fields in `config`; returns a summary. `log` gets rank 0's epoch
+    rows. Without `report` this is a plain run: rank 0 writes the checkpoint to `out`; with one (a Ray
+    Train worker) the reporter places the model and takes the rows, the summary and rank 0's checkpoint.
+    `dataset` / `init_weights` given in memory replace reading `config["dataset"]` / `init_checkpoint`;
+    `storage` opens URIs."""
+    cfg = TrainConfig(**config)
+    if report is None and not cfg.out:
         raise ValueError("a plain training run needs `out`: where to write the checkpoint")
     if cfg.nice > 0:
         os.nice(cfg.nice)
@@ -223,143 +219,34 @@ def train_func(
     ds = dataset if dataset is not None else read_data(cfg, storage)
     protocol = protocol_for(ds, window=cfg.window, horizon=cfg.horizon)
     scaler = fit_scaler(ds, protocol)
-    kind = MODEL_ALIASES.get(cfg.model, cfg.model)
-    if cfg.fit_on not in ("train", "train+val"):
-        raise ValueError(f"unknown fit_on {cfg.fit_on!r}: expected train or train+val")
     d = _Dist()
     started = time.monotonic()
-    history: list[dict[str, Any]] = []
-    best_epoch, best_val, samples, fit_windows = 0, math.nan, 0, 0
-    if kind in ("persistence", "historical_average"):
-        if cfg.fit_on != "train":
-            raise ValueError(
-                f"{kind} is a baseline fitted on the training part: fit_on applies to learned models"
-            )
-        model: nn.Module = (
-            fit_historical_average(ds, protocol, scaler)
-            if kind == "historical_average"
-            else build_model(kind, ds, protocol, cfg.preset, cfg.overrides)
-        )
-        device = torch.device("cpu")
-        data = WindowData.build(ds, protocol, scaler)
-        best_val = _validate(model, data, protocol.starts("val"), scaler, protocol.targets, device, 64, d)
-        best_state = model.state_dict()
+    model = build_model(cfg.kind, ds, protocol, cfg.preset, cfg.overrides)
+    data = WindowData.build(ds, protocol, scaler)
+    if cfg.kind in BASELINES:
+        fit_baseline(model, data, protocol)
+        cpu = torch.device("cpu")
+        fit = _Fit(_validate(model, data, protocol.starts("val"), scaler, protocol.targets, cpu, 64, d))
     else:
-        model = build_model(kind, ds, protocol, cfg.preset, cfg.overrides)
         if init_weights is not None or cfg.init_checkpoint:
-            _warm_start(model, kind, init_weights or cfg.init_checkpoint, storage)  # type: ignore[arg-type]
-        if in_ray:
-            import ray.train.torch
-
-            device = ray.train.torch.get_device()
-            train_model = ray.train.torch.prepare_model(model)
-        else:
-            device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            train_model = model.to(device)
-        data = WindowData.build(ds, protocol, scaler)
-        holdout = cfg.fit_on == "train"
-        fit_starts = protocol.starts(cfg.fit_on)
-        fit_windows = len(fit_starts)
-        val_starts = protocol.starts("val")[: cfg.max_val_windows][d.rank :: d.world]
-        opt = torch.optim.AdamW(train_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=0.5, patience=max(1, cfg.patience // 3)
-        )
-        if cfg.schedule not in ("plateau", "cosine"):
-            raise ValueError(f"unknown schedule {cfg.schedule!r}: expected plateau or cosine")
-        progress = 0.0  # fraction of the run done, for the cosine schedule
-        # The average follows the unwrapped model, whose parameters DDP keeps equal on every rank.
-        ema = (
-            torch.optim.swa_utils.AveragedModel(
-                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
-            )
-            if cfg.ema
-            else None
-        )
-        scored = ema.module if ema is not None else model  # what is validated and kept
-        best_state, best_val, stale = copy.deepcopy(scored.state_dict()), math.inf, 0
-        train_s = 0.0
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.monotonic()
-            if cfg.schedule == "cosine" or epoch <= cfg.warmup_epochs:
-                for group in opt.param_groups:
-                    group["lr"] = _lr(cfg, epoch, progress)
-            starts = np.random.default_rng(cfg.seed + epoch).permutation(fit_starts)
-            per_rank = len(starts) // d.world  # equal shards: DDP needs the same number of steps everywhere
-            starts = starts[d.rank * per_rank : (d.rank + 1) * per_rank]
-            batches = range(0, len(starts), cfg.batch_size)
-            if cfg.max_batches:
-                batches = batches[: cfg.max_batches]
-            total, count = 0.0, 0
-            train_model.train()
-            for i in batches:
-                x, tf, m, y, ym = (t.to(device) for t in data.batch(starts[i : i + cfg.batch_size]))
-                loss = _loss(cfg.loss, train_model(x, tf, m), y, ym)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(train_model.parameters(), 5.0)
-                opt.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                total += loss.item() * len(x)
-                count += len(x)
-            train_s += time.monotonic() - t0
-            samples += count * d.world
-            if holdout:
-                val = _validate(scored, data, val_starts, scaler, protocol.targets, device, 64, d)
-                if cfg.schedule == "plateau" and epoch > cfg.warmup_epochs:
-                    sched.step(val)
-            else:  # refit on train+val: nothing is left to validate on, the latest weights are kept
-                val = math.nan
-            if not holdout or val < best_val:
-                best_val, best_epoch, stale = val, epoch, 0
-                best_state = copy.deepcopy(scored.state_dict())
-            else:
-                stale += 1
-            elapsed = time.monotonic() - started
-            row = {
-                "epoch": epoch,
-                "train_loss": d.sum([total / max(count, 1)])[0] / d.world,
-                "val_mae": val,
-                "best_val_mae": best_val,
-                "lr": opt.param_groups[0]["lr"],
-                "elapsed_s": round(elapsed, 1),
-                "samples_per_s": samples / max(train_s, 1e-9),
-            }
-            history.append(row)
-            if in_ray:
-                import ray.train
-
-                ray.train.report(row)
-            if d.rank == 0 and log is not None:
-                log(row)
-            # Every worker must take the same decision, or DDP would wait forever for the missing ones.
-            out_of_time = cfg.time_budget_s is not None and elapsed + elapsed / epoch > cfg.time_budget_s
-            # Ranks must agree on the learning rate too, so the schedule follows their mean clock; the
-            # progress is where the next epoch would end.
-            progress = epoch / cfg.epochs
-            if cfg.time_budget_s:
-                mean_elapsed = d.sum([elapsed])[0] / d.world
-                progress = max(progress, mean_elapsed * (epoch + 1) / epoch / cfg.time_budget_s)
-            if d.sum([float(stale >= cfg.patience or out_of_time)])[0] > 0:
-                break
-        model.load_state_dict(best_state)
+            _warm_start(model, cfg.kind, init_weights or cfg.init_checkpoint, storage)  # type: ignore[arg-type]
+        fit = _train(cfg, model, data, protocol, scaler, d, started, log=log, report=report)
     summary = {
-        "model": kind,
+        "model": cfg.kind,
         "fit_on": cfg.fit_on,
-        "train_windows": fit_windows,
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "val_mae": None if math.isnan(best_val) else best_val,
+        "train_windows": fit.train_windows,
+        "best_epoch": fit.best_epoch,
+        "epochs_run": len(fit.history),
+        "val_mae": None if math.isnan(fit.best_val) else fit.best_val,
         "train_seconds": round(time.monotonic() - started, 1),
-        "samples_per_s": history[-1]["samples_per_s"] if history else 0.0,
+        "samples_per_s": fit.history[-1]["samples_per_s"] if fit.history else 0.0,
         "workers": d.world,
     }
     ckpt = None
     if d.rank == 0:
         step_ts = ds.step_ts
         ckpt = Checkpoint.from_model(
-            kind,
+            cfg.kind,
             model.cpu(),
             scaler=scaler,
             network=ds.network,
@@ -374,17 +261,119 @@ def train_func(
                 "train_steps": list(protocol.part(cfg.fit_on)),
                 "val_steps": list(protocol.val) if cfg.fit_on == "train" else None,  # None: nothing held out
             },
-            metrics={} if summary["val_mae"] is None else {"val_mae": best_val},
-            extra={"train": {**summary, "config": asdict(cfg), "history": history}},
+            metrics={} if summary["val_mae"] is None else {"val_mae": fit.best_val},
+            extra={"train": {**summary, "config": asdict(cfg), "history": fit.history}},
         )
-        if not in_ray:
-            summary["checkpoint"] = save_checkpoint(ckpt, cfg.out, storage)
-            summary["version"] = ckpt.version
-    if in_ray:
-        from training.ray_train import report_final
-
-        report_final(summary, ckpt)
+    if report is not None:
+        report.final(summary, ckpt)
+    elif ckpt is not None:
+        summary["checkpoint"] = save_checkpoint(ckpt, cfg.out, storage)
+        summary["version"] = ckpt.version
     return summary
+
+
+def _train(
+    cfg: TrainConfig,
+    model: nn.Module,
+    data: WindowData,
+    protocol: Protocol,
+    scaler: StandardScaler,
+    d: _Dist,
+    started: float,
+    *,
+    log: Callable[[dict[str, Any]], None] | None,
+    report: Reporter | None,
+) -> _Fit:
+    """Train a learned model on the `fit_on` part's windows (sharded over the workers), epoch by epoch until
+    `epochs`, `patience` or the time budget runs out; leaves in `model` the weights of the best validation
+    epoch, or the last epoch's when nothing is held out."""
+    if report is not None:
+        train_model, device = report.prepare(model)
+    else:
+        device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        train_model = model.to(device)
+    holdout = cfg.fit_on == "train"
+    fit_starts = protocol.starts(cfg.fit_on)
+    val_starts = protocol.starts("val")[: cfg.max_val_windows][d.rank :: d.world]
+    opt = torch.optim.AdamW(train_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, cfg.patience // 3))
+    progress = 0.0  # fraction of the run done, for the cosine schedule
+    # The average follows the unwrapped model, whose parameters DDP keeps equal on every rank.
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
+        )
+        if cfg.ema
+        else None
+    )
+    scored = ema.module if ema is not None else model  # what is validated and kept
+    fit = _Fit(math.inf, train_windows=len(fit_starts))
+    best_state, stale = copy.deepcopy(scored.state_dict()), 0
+    train_s, samples = 0.0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.monotonic()
+        if cfg.schedule == "cosine" or epoch <= cfg.warmup_epochs:
+            for group in opt.param_groups:
+                group["lr"] = _lr(cfg, epoch, progress)
+        starts = np.random.default_rng(cfg.seed + epoch).permutation(fit_starts)
+        per_rank = len(starts) // d.world  # equal shards: DDP needs the same number of steps everywhere
+        starts = starts[d.rank * per_rank : (d.rank + 1) * per_rank]
+        batches = range(0, len(starts), cfg.batch_size)
+        if cfg.max_batches:
+            batches = batches[: cfg.max_batches]
+        total, count = 0.0, 0
+        train_model.train()
+        for i in batches:
+            x, tf, m, y, ym = (t.to(device) for t in data.batch(starts[i : i + cfg.batch_size]))
+            loss = _loss(cfg.loss, train_model(x, tf, m), y, ym)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(train_model.parameters(), 5.0)
+            opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            total += loss.item() * len(x)
+            count += len(x)
+        train_s += time.monotonic() - t0
+        samples += count * d.world
+        if holdout:
+            val = _validate(scored, data, val_starts, scaler, protocol.targets, device, 64, d)
+            if cfg.schedule == "plateau" and epoch > cfg.warmup_epochs:
+                sched.step(val)
+        else:  # refit on train+val: nothing is left to validate on, the latest weights are kept
+            val = math.nan
+        if not holdout or val < fit.best_val:
+            fit.best_val, fit.best_epoch, stale = val, epoch, 0
+            best_state = copy.deepcopy(scored.state_dict())
+        else:
+            stale += 1
+        elapsed = time.monotonic() - started
+        row = {
+            "epoch": epoch,
+            "train_loss": d.sum([total / max(count, 1)])[0] / d.world,
+            "val_mae": val,
+            "best_val_mae": fit.best_val,
+            "lr": opt.param_groups[0]["lr"],
+            "elapsed_s": round(elapsed, 1),
+            "samples_per_s": samples / max(train_s, 1e-9),
+        }
+        fit.history.append(row)
+        if report is not None:
+            report.epoch(row)
+        if d.rank == 0 and log is not None:
+            log(row)
+        # Every worker must take the same decision, or DDP would wait forever for the missing ones.
+        out_of_time = cfg.time_budget_s is not None and elapsed + elapsed / epoch > cfg.time_budget_s
+        # Ranks must agree on the learning rate too, so the schedule follows their mean clock; the
+        # progress is where the next epoch would end.
+        progress = epoch / cfg.epochs
+        if cfg.time_budget_s:
+            mean_elapsed = d.sum([elapsed])[0] / d.world
+            progress = max(progress, mean_elapsed * (epoch + 1) / epoch / cfg.time_budget_s)
+        if d.sum([float(stale >= cfg.patience or out_of_time)])[0] > 0:
+            break
+    model.load_state_dict(best_state)
+    return fit
 
 
 def _lr(cfg: TrainConfig, epoch: int, progress: float) -> float:
