@@ -52,11 +52,9 @@ def child(mode: str, bootstrap: str, topic: str, n_messages: int) -> None:
 
 def counted(mode: str, bootstrap: str, topic: str, n_messages: int, out_dir: Path) -> dict[str, int]:
     """Run `child` under cachegrind; its event totals."""
-    cmd = [
-        "valgrind", "--tool=cachegrind", "--cache-sim=yes",
-        f"--cachegrind-out-file={out_dir / f'{mode}-{n_messages}.out'}",
-        sys.executable, __file__, "--child", mode, bootstrap, topic, str(n_messages),
-    ]  # fmt: skip
+    out_file = out_dir / f"{mode}-{n_messages}.out"
+    valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--cachegrind-out-file={out_file}"]
+    cmd = [*valgrind, sys.executable, __file__, "--child", mode, bootstrap, topic, str(n_messages)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} under cachegrind failed:\n{proc.stderr[-3000:]}")

@@ -1,19 +1,19 @@
 """Columnar decoding of many single-reading messages at once: the ingest hot path.
 
-`Decoder.decode_rows` validates one message at a time in Python. A poll brings hundreds of single
+`Decoder.decode` validates one message at a time in Python. A poll brings hundreds of single
 readings per partition, so `SinglesDecoder` decodes them with msgspec into typed structs (JSON syntax,
 the message shape, the schema version and the value types are checked in C), gathers the fields into
 numpy columns and checks sensors, timestamps and value ranges for the whole poll at once.
 
 It only ever accepts: a message it cannot vouch for — anything that is not a clean single reading, such
 as a batch message, a dead letter to be, or a tombstone — comes back as "not taken" and goes through
-`Decoder.decode_rows`, which gives the reason. So both paths accept exactly the same messages with the
+`Decoder.decode`, which gives the reason. So both paths accept exactly the same messages with the
 same readings; `tests/test_ingest_many.py` and `tests/test_columnar.py` hold them to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any, Literal
 
@@ -82,13 +82,14 @@ class SinglesDecoder:
         sensor, with `min_ts_ms <= ts <= max_ts_ms`, at least one value, every value finite and in range."""
         m = len(raws)
         limit = self.max_message_bytes
+        size: Callable[[Any], int] = len  # raises TypeError on a tombstone (None), as wanted
         try:
-            too_big = max(map(len, raws)) > limit
+            too_big = max(map(size, raws)) > limit
         except TypeError:  # a tombstone (None) among them
             too_big = True
         if too_big:  # not even parsed here: the per-message path rejects them unread
             raws = [r if r is not None and len(r) <= limit else None for r in raws]
-        decode = self._decode
+        decode: Callable[[Any], Any] = self._decode  # raises one of _NOT_TAKEN on a tombstone
         try:  # the usual case: every message decodes
             docs: list[Any] = list(map(decode, raws))
             taken = np.ones(m, dtype=bool)

@@ -1,9 +1,10 @@
 """The pure ingest core: raw message bytes in, dead letters, late readings and sealed steps out.
 
-`Ingestor` owns a `Decoder`, a `Windower` and a `Ledger` and is what the Kafka consumer wraps: for each
-message it calls `ingest(partition, offset, raw)`, produces the returned dead letters, after each poll
-calls `seal()` and archives what it gets together with `take_late()`, and then commits
-`committable()` — offsets are committed only after what they carry is durable.
+`Ingestor` owns the decoders, a `Windower` and a `Ledger` and is what the Kafka consumer wraps: for each
+partition of a poll it calls `ingest_many(partition, records)`, produces the returned dead letters, then
+calls `seal()` and archives what it gets together with `take_late()`, and then commits `committable()` —
+offsets are committed only after what they carry is durable. `ingest(partition, offset, raw)` is the
+same for one message.
 
 Timestamps are checked against a moving ceiling: `max(now(), highest event ts seen) + max_future_ms`
 (and never past 2100), refreshed at each `seal()`, and a floor of 2000-01-01; outside it a message is
@@ -17,7 +18,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -25,12 +26,22 @@ import orjson
 from stream.columnar import Singles, SinglesDecoder
 from stream.ledger import Ledger
 from stream.network import Network
-from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoded, Decoder
-from stream.window import LateReading, SealedStep, Windower, message_columns
+from stream.schema import DEFAULT_MAX_FUTURE_MS, MIN_TS_MS, Decoded, Decoder, Reject
+from stream.window import LateReading, SealedStep, Windower
 
 # A dead letter carries at most this much of the rejected message: an oversized message copied whole (and
 # base64-grown by a third) would exceed the producer's request limit and stop the consumer on every retry.
 DEAD_LETTER_RAW_MAX = 64 * 1024
+
+# Readings as the windower takes them: offsets, ts, cells (sensor * F + feature), value; each [n].
+_Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+class Message(NamedTuple):
+    """One message of a partition, as `ingest_many` reads it (Kafka's records have the same fields)."""
+
+    offset: int
+    value: bytes | None
 
 
 @dataclass(frozen=True)
@@ -110,86 +121,66 @@ class Ingestor:
         )
         self._now = now
         self._late: list[LateReading] = []
-        self._decode_rows = self.decoder.decode_rows
-        self._add_rows = self.windower.add_rows
         self._singles = SinglesDecoder(network, max_message_bytes=max_message_bytes)
         self._n_features = network.n_features
         self._refresh_ceiling()
 
     def ingest(self, partition: int, offset: int, raw: bytes | None) -> list[DeadLetter]:
-        """Take one message; returns its dead letters (usually `[]`). Never raises on bad input."""
-        decoded = self._decode_rows(raw)
-        if isinstance(decoded, list):  # the hot path: a clean single reading
-            late = self._add_rows(partition, offset, decoded)
-            if late:
-                self._late.extend(late)
-            return []
-        return self._ingest_decoded(partition, offset, raw, decoded)
+        """`ingest_many` of one message."""
+        return self.ingest_many(partition, [Message(offset, raw)])
 
     def ingest_many(self, partition: int, messages: Iterable[Any]) -> list[DeadLetter]:
-        """`ingest()` for one partition's messages in offset order, each with `.offset` and `.value` (a
-        poll's records); the same outcome as one `ingest()` per message, with far less work per message.
+        """Take one partition's messages in offset order, each with `.offset` and `.value` (a poll's
+        records); returns their dead letters (usually `[]`). Never raises on bad input.
 
-        Clean single readings are decoded in bulk (`SinglesDecoder`); the rest one by one as in
-        `ingest()`. Runs of clean messages (single or batch) are windowed as one set of columns, in
-        offset order, so duplicates and late readings come out as they would one by one.
+        Clean single readings are decoded in bulk (`SinglesDecoder`); the messages it declines (batches,
+        broken ones) go through the per-message `Decoder`, which names what it rejects. The valid
+        readings of all of them are windowed in one call, in offset order, so duplicates and late
+        readings come out as they would one message at a time.
         """
         msgs = messages if isinstance(messages, list) else list(messages)
         if not msgs:
             return []
-        dec = self.decoder
-        singles = self._singles.decode([x.value for x in msgs], dec.min_ts_ms, dec.ts_ceiling_ms)
+        dec, n_features = self.decoder, self._n_features
+        singles = self._singles.decode([m.value for m in msgs], dec.min_ts_ms, dec.ts_ceiling_ms)
         first, last = msgs[0].offset, msgs[-1].offset
         if last - first == len(msgs) - 1:  # offsets rise within a partition: these are consecutive
             offsets = np.arange(first, last + 1, dtype=np.int64)
         else:  # a gap (compaction, transaction markers)
-            offsets = np.array([x.offset for x in msgs], dtype=np.int64)
-        run = _Run(self._n_features)
+            offsets = np.array([m.offset for m in msgs], dtype=np.int64)
+        chunks: list[_Columns] = []
         dead: list[DeadLetter] = []
         start = 0
         for i in np.flatnonzero(~singles.taken).tolist():
             if i > start:
-                run.singles(offsets[start:i], singles, slice(start, i))
+                chunks.append(_singles_columns(singles, slice(start, i), offsets, n_features))
             start = i + 1
             m = msgs[i]
-            decoded = self._decode_rows(m.value)
-            if isinstance(decoded, list):
-                run.message(m.offset, Decoded(decoded))
-            elif not decoded.rejects:
-                run.message(m.offset, decoded)
-            else:
-                self._flush(partition, run)
-                dead += self._ingest_decoded(partition, m.offset, m.value, decoded)
+            decoded = dec.decode(m.value)
+            if decoded.rejects:
+                dead += self._dead_letters(partition, m.offset, m.value, decoded.rejects)
+            if decoded.n:
+                chunks.append(_message_columns(m.offset, decoded, n_features))
         if start < len(msgs):
-            run.singles(offsets[start:], singles, slice(start, None))
-        self._flush(partition, run)
+            chunks.append(_singles_columns(singles, slice(start, None), offsets, n_features))
+        late = self.windower.add_columns(partition, *_concatenate(chunks), last_offset=last)
+        if late:
+            self._late.extend(late)
         return dead
 
-    def _flush(self, partition: int, run: _Run) -> None:
-        if run.last_offset < 0:
-            return
-        late = self.windower.add_columns(partition, *run.columns(), last_offset=run.last_offset)
-        if late:
-            self._late.extend(late)
-        run.clear()
-
-    def _ingest_decoded(
-        self, partition: int, offset: int, raw: bytes | None, decoded: Decoded
+    def _dead_letters(
+        self, partition: int, offset: int, raw: bytes | None, rejects: list[Reject]
     ) -> list[DeadLetter]:
-        """A batch message or one with rejects: dead letters for the rejects, the rest windowed."""
-        dead: list[DeadLetter] = []
-        if decoded.rejects:
-            counts = self.ledger.partition(partition)
-            body = (raw or b"")[:DEAD_LETTER_RAW_MAX]
-            for r in decoded.rejects:
-                counts.received += r.n_readings
-                counts.dead(r.reason, r.n_readings)
-                dead.append(
-                    DeadLetter(r.reason, r.detail, self.source_topic, partition, offset, body, r.n_readings)
-                )
-        late = self.windower.add(partition, offset, decoded)
-        if late:
-            self._late.extend(late)
+        """One dead letter per reject of a message, counted in the ledger (the windower never sees them)."""
+        counts = self.ledger.partition(partition)
+        body = (raw or b"")[:DEAD_LETTER_RAW_MAX]
+        dead = []
+        for r in rejects:
+            counts.received += r.n_readings
+            counts.dead(r.reason, r.n_readings)
+            dead.append(
+                DeadLetter(r.reason, r.detail, self.source_topic, partition, offset, body, r.n_readings)
+            )
         return dead
 
     def _refresh_ceiling(self) -> None:
@@ -221,46 +212,29 @@ class Ingestor:
         return self.windower.committable_all()
 
 
-class _Run:
-    """Columns gathered from consecutive clean messages of one partition, windowed in one call."""
+def _singles_columns(s: Singles, sel: slice, offsets: np.ndarray, n_features: int) -> _Columns:
+    """Messages `sel` of a `Singles` decode, all taken; one reading per present value."""
+    present = ~np.isnan(s.values[sel])  # [m, F]
+    row, feature = np.nonzero(present)  # message order, then feature order
+    return (
+        offsets[sel][row],
+        s.ts[sel][row],
+        s.sensor[sel][row] * n_features + feature,
+        s.values[sel][present],
+    )
 
-    __slots__ = ("chunks", "last_offset", "n_features")
 
-    def __init__(self, n_features: int) -> None:
-        self.n_features = n_features
-        self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        self.last_offset = -1
+def _message_columns(offset: int, decoded: Decoded, n_features: int) -> _Columns:
+    """The valid readings of one message decoded on its own (a batch, or one with rejects)."""
+    cells = decoded.sensor.astype(np.int64) * n_features + decoded.feature
+    return np.full(decoded.n, offset, np.int64), decoded.ts, cells, decoded.value
 
-    def clear(self) -> None:
-        self.chunks = []
-        self.last_offset = -1
 
-    def singles(self, offsets: np.ndarray, s: Singles, sel: slice) -> None:
-        """Messages `sel` of a `Singles` decode, all taken; one reading per present value."""
-        present = ~np.isnan(s.values[sel])  # [m, F]
-        row, feature = np.nonzero(present)  # message order, then feature order
-        self.chunks.append(
-            (
-                offsets[row],
-                s.ts[sel][row],
-                s.sensor[sel][row] * self.n_features + feature,
-                s.values[sel][present],
-            )
-        )
-        self.last_offset = max(self.last_offset, int(offsets[-1]))
-
-    def message(self, offset: int, decoded: Decoded) -> None:
-        """One clean message decoded the per-message way (rows or batch columns)."""
-        ts, cells, value = message_columns(decoded, self.n_features)
-        if len(ts):
-            self.chunks.append((np.full(len(ts), offset, np.int64), ts, cells, value))
-        self.last_offset = max(self.last_offset, offset)
-
-    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        if len(self.chunks) == 1:
-            return self.chunks[0]
-        if not self.chunks:
-            empty = np.empty(0, np.int64)
-            return empty, empty, empty, np.empty(0, np.float64)
-        offsets, ts, cells, value = zip(*self.chunks, strict=True)
-        return np.concatenate(offsets), np.concatenate(ts), np.concatenate(cells), np.concatenate(value)
+def _concatenate(chunks: list[_Columns]) -> _Columns:
+    if len(chunks) == 1:
+        return chunks[0]
+    if not chunks:
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty, np.empty(0, np.float64)
+    offsets, ts, cells, value = zip(*chunks, strict=True)
+    return np.concatenate(offsets), np.concatenate(ts), np.concatenate(cells), np.concatenate(value)

@@ -11,8 +11,8 @@ Two stores that never hold the same key:
 
 A key is unique per (sensor, feature, ts), so the stores both drop duplicates (the first copy wins) and,
 merged and sorted at seal time, give a canonical order: the aggregate does not depend on arrival order,
-to the last bit. `FirstCopies` finds the duplicates among readings added together (one step's or many
-steps' at once) before they reach the stores. Pure numpy; no clock, no I/O.
+to the last bit. `GridPool.add` is the one writer of the grids, for the readings of any number of steps
+at once; `FirstCopies` finds the duplicates among them first. Pure numpy; no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class GridPool:
         self.rows[row] = np.nan
         self._free.append(row)
 
-    def add_many(
+    def add(
         self,
         steps: list[OpenStep],
         partition: int,
@@ -61,10 +61,11 @@ class GridPool:
         value: np.ndarray,
         first: np.ndarray | None,
     ) -> int:
-        """`OpenStep.add_grid` for readings of several steps in one operation: readings grouped by step
-        (`starts [s]`: where each of `steps` begins; `rank [n]`: each reading's index into `steps`), in
-        arrival order within a step; `first` as in `add_grid`, over (step, cell). Returns how many were
-        windowed; the rest are duplicates."""
+        """Readings of `partition` at their step's start into the grids of `steps`, in one operation:
+        grouped by step (`starts [s]`: where each of `steps` begins; `rank [n]`: each reading's index into
+        `steps`), in arrival order within a step. `first [n]` marks the first copy of each (step, cell)
+        among these readings (None: none repeats; `FirstCopies` finds them); a copy of a cell already
+        filled is a duplicate too. Returns how many were windowed."""
         rows = np.array([st.ensure_row() for st in steps], dtype=np.int64)  # first: may grow self.rows
         flat = self.rows.reshape(-1)  # a view: rows of one C-ordered array
         where = rows[rank] * self.size + cells
@@ -74,7 +75,7 @@ class GridPool:
         n, windowed = len(cells), int(np.count_nonzero(keep))
         if windowed == n:  # the usual case: every reading is new
             flat[where] = value
-            kept = np.diff(np.r_[starts, n]).tolist()
+            kept = np.diff(starts, append=n).tolist()
             held = np.minimum.reduceat(offsets, starts).tolist()
         else:
             flat[where[keep]] = value[keep]
@@ -124,50 +125,26 @@ class OpenStep:
         if first is None or offset < first:
             self.first_offset[partition] = offset
 
-    def add_grid(
-        self, offsets: np.ndarray, cells: np.ndarray, value: np.ndarray, first: np.ndarray | None
-    ) -> tuple[int, int | None]:
-        """Readings at the step's start, in arrival order, into the dense store. `first` marks the first
-        copy of each cell among these readings (None: no cell repeats; `Windower` finds them for many
-        steps at once). Returns (windowed, smallest offset kept); the rest are duplicates."""
-        if not len(cells):
-            return 0, None
-        row = self.ensure_row()  # first: taking a row may grow (replace) pool.rows
-        grid = self.pool.rows[row]
-        keep = np.isnan(grid[cells])  # [n] the cell was empty before these readings
-        if first is not None:
-            keep &= first
-        k = int(np.count_nonzero(keep))
-        if k == len(cells):  # the usual case: every reading is new
-            grid[cells] = value
-            held = int(np.minimum.reduce(offsets))
-        elif k:
-            grid[cells[keep]] = value[keep]
-            held = int(np.minimum.reduce(offsets[keep]))
-        else:
-            return 0, None
-        self.n_grid += k
-        return k, held
-
-    def add_keyed(self, offsets: np.ndarray, keys: np.ndarray, value: np.ndarray) -> tuple[int, int | None]:
-        """Readings off the step's start, in arrival order, into the keyed store; returns (windowed,
-        smallest offset kept); the rest are duplicates."""
-        if not len(keys):
-            return 0, None
+    def add_keyed(self, partition: int, offsets: np.ndarray, keys: np.ndarray, value: np.ndarray) -> int:
+        """Readings of `partition` off the step's start, in arrival order, into the keyed store; returns
+        how many were windowed, the rest are duplicates."""
         k = keys.tolist()
         v = value.tolist()
         readings = self.readings
         fresh = dict(zip(reversed(k), reversed(v), strict=True))  # reversed: the first copy wins
         if len(fresh) == len(k) and readings.keys().isdisjoint(fresh):
             readings.update(fresh)
-            return len(k), int(offsets.min())
+            self.hold(partition, int(offsets.min()))
+            return len(k)
         windowed, held = 0, None
         for key, x, o in zip(k, v, offsets.tolist(), strict=True):
             if key not in readings:
                 readings[key] = x
                 windowed += 1
                 held = o if held is None or o < held else held
-        return windowed, held
+        if held is not None:
+            self.hold(partition, held)
+        return windowed
 
     def readings_by_cell(self, step_ms: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """`(cells, values, one_each)`: every reading, sorted by cell and then by ts; `one_each` when each

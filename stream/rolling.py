@@ -34,10 +34,8 @@ class RollingWindow:
         self.gaps = 0
 
     def push(self, step: SealedStep) -> None:
-        self.push_arrays(step.step_ts, step.values, step.mask)
-
-    def push_arrays(self, step_ts: int, values: np.ndarray, mask: np.ndarray) -> None:
-        """Push one step given as arrays (`values` `[N, F]`, `mask` `[N, F]`), e.g. read from the archive."""
+        """Append one sealed step (`values` and `mask` `[N, F]`), dropping the oldest when full."""
+        step_ts = step.step_ts
         step_ms = self.network.step_ms
         if self.last_step_ts is not None:
             if step_ts <= self.last_step_ts:
@@ -45,17 +43,12 @@ class RollingWindow:
             if step_ts != self.last_step_ts + step_ms:
                 self.gaps += 1
                 self._count = 0
-        self._values[self._head] = values
-        self._mask[self._head] = mask
+        self._values[self._head] = step.values
+        self._mask[self._head] = step.mask
         self._step_ts[self._head] = step_ts
         self._head = (self._head + 1) % self.size
         self._count = min(self._count + 1, self.size)
         self.last_step_ts = step_ts
-
-    def load(self, step_ts: np.ndarray, values: np.ndarray, mask: np.ndarray) -> None:
-        """Push the tail of archived steps (`Archive.read` output: `[T]`, `[T, N, F]`, `[T, N, F]`)."""
-        for i in range(max(0, len(step_ts) - self.size), len(step_ts)):
-            self.push_arrays(int(step_ts[i]), values[i], mask[i])
 
     @property
     def ready(self) -> bool:

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from stream.network import Network
-from stream.validate import validate_batch
+from stream.validate import Columns, validate_batch
 
 SCHEMA_VERSION = 1
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything earlier is a broken sensor clock
@@ -71,64 +71,37 @@ _loads = orjson.loads
 
 
 class Decoded:
-    """The valid readings of one message, columnar, and its rejects.
+    """The valid readings of one message as columns, and its rejects.
 
-    `ts` int64, `sensor` int32 (index in the network), `feature` int16 and `value` float64 are numpy arrays
-    of length `n`. The single-reading path keeps its few readings as `rows` (tuples `(ts, sensor, feature,
-    value)`) and builds the arrays only if asked, because four array allocations would cost more than the
-    whole decode; `rows` is None for a columnar (batch) result.
+    `ts` int64, `sensor` int32 (index in the network), `feature` int16 and `value` float64 (finite), each
+    `[n]`.
     """
 
-    __slots__ = ("_cols", "rejects", "rows")
+    __slots__ = ("feature", "rejects", "sensor", "ts", "value")
 
-    def __init__(
-        self,
-        rows: list[tuple[int, int, int, float]] | None = None,
-        cols: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
-        rejects: list[Reject] | None = None,
-    ) -> None:
-        self.rows = rows
-        self._cols = cols
+    def __init__(self, cols: Columns | None = None, rejects: list[Reject] | None = None) -> None:
+        if cols is None:  # no valid readings
+            cols = (
+                np.empty(0, np.int64),
+                np.empty(0, np.int32),
+                np.empty(0, np.int16),
+                np.empty(0, np.float64),
+            )
+        self.ts, self.sensor, self.feature, self.value = cols
         self.rejects: list[Reject] = rejects if rejects is not None else []
 
     @property
     def n(self) -> int:
         """Number of valid readings."""
-        if self.rows is not None:
-            return len(self.rows)
-        return 0 if self._cols is None else len(self._cols[0])
+        return len(self.ts)
 
     @property
     def n_rejected(self) -> int:
         return sum(r.n_readings for r in self.rejects)
 
-    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """`(ts, sensor, feature, value)` as numpy arrays."""
-        if self._cols is None:
-            rows = self.rows or []
-            self._cols = (
-                np.array([r[0] for r in rows], dtype=np.int64),
-                np.array([r[1] for r in rows], dtype=np.int32),
-                np.array([r[2] for r in rows], dtype=np.int16),
-                np.array([r[3] for r in rows], dtype=np.float64),
-            )
-        return self._cols
-
-    @property
-    def ts(self) -> np.ndarray:
-        return self.columns()[0]
-
-    @property
-    def sensor(self) -> np.ndarray:
-        return self.columns()[1]
-
-    @property
-    def feature(self) -> np.ndarray:
-        return self.columns()[2]
-
-    @property
-    def value(self) -> np.ndarray:
-        return self.columns()[3]
+    def columns(self) -> Columns:
+        """`(ts, sensor, feature, value)`."""
+        return self.ts, self.sensor, self.feature, self.value
 
 
 def encode_reading(sensor: str, ts: int, values: Mapping[str, float]) -> bytes:
@@ -191,14 +164,12 @@ class Decoder:
         self.ts_ceiling_ms = min(self.max_ts_ms, reference_ms + self.max_future_ms)
 
     def decode(self, raw: bytes | None) -> Decoded:
-        """Valid readings of `raw` plus rejects; see the module docstring for the policy."""
-        out = self.decode_rows(raw)
-        return Decoded(out) if isinstance(out, list) else out
+        """Valid readings of `raw` plus rejects; see the module docstring for the policy.
 
-    def decode_rows(self, raw: bytes | None) -> list[tuple[int, int, int, float]] | Decoded:
-        """`decode()` without the wrapper on the hot path: a clean single-reading message comes back as its
-        plain `rows` list (no object to allocate), anything else (batch, rejects) as a `Decoded`."""
-        # Inlined and written for the interpreter's sake: it runs once per Kafka message.
+        The per-message path: the ingest core decodes clean single readings in bulk
+        (`stream.columnar`) and sends here what that declines, batches and broken messages, for their
+        readings or the reason they are rejected.
+        """
         if not raw:
             return _whole("empty", "the message has no bytes (a tombstone or an empty value)", 1)
         if len(raw) > self.max_message_bytes:
@@ -221,23 +192,28 @@ class Decoder:
         if type(sensor) is not str or "sensors" in msg or not values:
             return self._not_single(msg, sensor, ts, values)
         si = self._sensor_index.get(sensor)
-        rows: list[tuple[int, int, int, float]] = []
-        features = self._features
-        bad: list[tuple[str, str]] | None = None
+        feature: list[int] = []
+        value: list[float] = []
+        bad: list[tuple[str, str]] = []
         for name, x in values.items():
-            spec = features.get(name)
-            tx = type(x)
-            if tx is float and spec is not None and si is not None and spec[1] <= x <= spec[2]:
-                rows.append((ts, si, spec[0], x))
-            elif x is None:  # not measured
+            if x is None:  # not measured
                 continue
-            elif tx is int and spec is not None and si is not None and spec[1] <= x <= spec[2]:
-                rows.append((ts, si, spec[0], float(x)))
+            spec = self._features.get(name)
+            if type(x) in (float, int) and spec is not None and si is not None and spec[1] <= x <= spec[2]:
+                feature.append(spec[0])
+                value.append(float(x))
             else:
-                if bad is None:
-                    bad = []
                 bad.append(self._why(sensor, si, name, spec, x))
-        return rows if bad is None else Decoded(rows, rejects=_group(bad))
+        cols = None
+        if feature:
+            k = len(feature)
+            cols = (
+                np.full(k, ts, np.int64),
+                np.full(k, si, np.int32),
+                np.array(feature, np.int16),
+                np.array(value, np.float64),
+            )
+        return Decoded(cols, _group(bad))
 
     def _not_single(self, msg: dict[str, Any], sensor: Any, ts: int, values: dict[str, Any]) -> Decoded:
         """The batch path, and the ways a single reading can be malformed as a whole."""

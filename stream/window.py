@@ -30,19 +30,11 @@ import numpy as np
 from stream.ledger import Ledger, PartitionCounts
 from stream.network import Network
 from stream.openstep import FirstCopies, GridPool, OpenStep
-from stream.schema import Decoded
 from stream.step import AGGS, LateReading, SealedStep, aggregate
 
-__all__ = ["AGGS", "OPEN_CELLS", "LateReading", "SealedStep", "Windower", "message_columns"]
+__all__ = ["AGGS", "OPEN_CELLS", "LateReading", "SealedStep", "Windower"]
 
 OPEN_CELLS = 8_000_000  # grid cells (sensor x feature x step, float64) unsealed steps may hold by default
-
-
-def message_columns(decoded: Decoded, n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`(ts, cells, value)` of a message's valid readings (rows or columns), cell = sensor * F + feature,
-    the form `Windower.add_columns` takes."""
-    ts, sensor, feature, value = decoded.columns()
-    return ts, sensor.astype(np.int64) * n_features + feature, value
 
 
 class _Partition:
@@ -62,7 +54,7 @@ class Windower:
     """Assigns readings to steps and seals them as the watermark passes; see the module docstring.
 
     Counting goes to `ledger` (its own unless one is passed), per partition: `received` for every
-    reading given to `add()`, and `windowed`, `late`, `duplicates` or `replayed` for each of them. A
+    reading given to `add_columns()`, and `windowed`, `late`, `duplicates` or `replayed` for each of them. A
     caller sharing the ledger counts what it rejects before the windower (`received` + `dead_lettered`).
     """
 
@@ -113,21 +105,6 @@ class Windower:
 
     # -- adding readings -------------------------------------------------------------------------------
 
-    def add(self, partition: int, offset: int, decoded: Decoded) -> list[LateReading]:
-        """Window the valid readings of one message; returns its late readings (usually `[]`).
-
-        Call it for every message, even one with no valid readings, so that `committable()` moves past it.
-        """
-        ts, cells, value = message_columns(decoded, self._n_features)
-        offsets = np.full(len(ts), offset, dtype=np.int64)
-        return self.add_columns(partition, offsets, ts, cells, value, last_offset=offset)
-
-    def add_rows(
-        self, partition: int, offset: int, rows: list[tuple[int, int, int, float]]
-    ) -> list[LateReading]:
-        """`add()` for readings as `(ts, sensor, feature, value)` rows (`Decoder.decode_rows`)."""
-        return self.add(partition, offset, Decoded(rows))
-
     def add_columns(
         self,
         partition: int,
@@ -138,12 +115,14 @@ class Windower:
         *,
         last_offset: int | None = None,
     ) -> list[LateReading]:
-        """The windowing core: readings of one partition as columns in arrival order — `offsets`, `ts`
-        (int64 epoch ms), `cells` (int64 `sensor * F + feature`), `value` (float64, finite), each `[n]`.
+        """Window readings of one partition, as columns in arrival order — `offsets`, `ts` (int64 epoch
+        ms), `cells` (int64 `sensor * F + feature`), `value` (float64, finite), each `[n]`; returns the
+        late ones (usually `[]`) in arrival order.
 
         `last_offset` (default: the largest of `offsets`) is the last message these readings came from,
-        counting messages that brought none. The same steps, counts and late readings as adding the
-        readings one by one in this order: the first copy of a duplicate wins.
+        counting messages that brought none: pass it for those too, so that `committable()` moves past
+        them. The same steps, counts and late readings as adding the readings one by one in this order:
+        the first copy of a duplicate wins.
         """
         p = self._parts.get(partition)
         if p is None:
@@ -155,29 +134,20 @@ class Windower:
             p.last_offset = last_offset
         if not n:
             return []
-        step_ms = self._step_ms
-        dt = ts % step_ms
+        dt = ts % self._step_ms
         steps = ts - dt
         late: list[LateReading] = []
-        lo, hi = int(steps.min()), int(steps.max())
-        if lo == hi:  # one step
-            self._add_step(p, partition, lo, offsets, dt, cells, value, late)
-        elif lo > self._sealed and not np.count_nonzero(dt):  # the hot path: on the grid, steps all open
-            self._add_on_grid(p, partition, steps, offsets, cells, value)
-        else:  # group by step, arrival order kept within each (a stable sort)
-            order = np.argsort(steps, kind="stable")
-            steps, offsets, dt, cells, value = (
-                steps[order],
-                offsets[order],
-                dt[order],
-                cells[order],
-                value[order],
-            )
-            bounds = np.flatnonzero(steps[1:] != steps[:-1]) + 1
-            for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), n], strict=True):
-                self._add_step(
-                    p, partition, int(steps[a]), offsets[a:b], dt[a:b], cells[a:b], value[a:b], late
-                )
+        if int(steps.min()) <= self._sealed:  # readings for sealed steps: replayed or late, never windowed
+            sealed = steps <= self._sealed
+            replayed = sealed & (steps <= self._replay_through)
+            p.counts.replayed += int(np.count_nonzero(replayed))
+            is_late = np.flatnonzero(sealed & ~replayed)
+            if len(is_late):
+                late = self._late_readings(partition, is_late, offsets, ts, steps, cells, value)
+            fresh = ~sealed
+            steps, offsets, dt, cells, value = (x[fresh] for x in (steps, offsets, dt, cells, value))
+        if len(steps):
+            self._add_open(p, partition, steps, offsets, dt, cells, value)
         high = int(ts.max())
         if high > p.watermark:
             p.watermark = high
@@ -186,78 +156,90 @@ class Windower:
         p.counts.late += len(late)
         return late
 
-    def _add_step(
+    def _late_readings(
         self,
-        p: _Partition,
         partition: int,
-        step: int,
+        idx: np.ndarray,
         offsets: np.ndarray,
-        dt: np.ndarray,
+        ts: np.ndarray,
+        steps: np.ndarray,
         cells: np.ndarray,
         value: np.ndarray,
-        late: list[LateReading],
-    ) -> None:
-        """Readings of one step (columns as in `add_columns`, `dt = ts - step`); late ones go to `late`."""
-        if step <= self._sealed:
-            if step <= self._replay_through:
-                p.counts.replayed += len(cells)
-                return
-            n_feat = self._n_features
-            for o, d, c, v in zip(offsets.tolist(), dt.tolist(), cells.tolist(), value.tolist(), strict=True):
-                late.append(LateReading(c // n_feat, c % n_feat, step + d, v, step, partition, o))
-            return
-        st = self._open.get(step)
-        if st is None:
-            st = self._open[step] = OpenStep(self._grids)
-        on_grid = dt == 0
-        if on_grid.all():
-            windowed, held = st.add_grid(offsets, cells, value, self.first_copies(cells, 1))
-            duplicates = len(cells) - windowed
-        else:
-            off = ~on_grid
-            grid_cells = cells[on_grid]
-            first = self.first_copies(grid_cells, 1)
-            windowed, held = st.add_grid(offsets[on_grid], grid_cells, value[on_grid], first)
-            w, h = st.add_keyed(offsets[off], cells[off] * self._step_ms + dt[off], value[off])
-            duplicates = len(cells) - windowed - w
-            windowed += w
-            held = h if held is None or (h is not None and h < held) else held
-        p.counts.duplicates += duplicates
-        if windowed:
-            assert held is not None
-            st.hold(partition, held)
-            p.counts.windowed += windowed
+    ) -> list[LateReading]:
+        n_feat = self._n_features
+        return [
+            LateReading(c // n_feat, c % n_feat, t, v, s, partition, o)
+            for o, t, s, c, v in zip(
+                offsets[idx].tolist(),
+                ts[idx].tolist(),
+                steps[idx].tolist(),
+                cells[idx].tolist(),
+                value[idx].tolist(),
+                strict=True,
+            )
+        ]
 
-    def _add_on_grid(
+    def _add_open(
         self,
         p: _Partition,
         partition: int,
         steps: np.ndarray,
         offsets: np.ndarray,
+        dt: np.ndarray,
         cells: np.ndarray,
         value: np.ndarray,
     ) -> None:
-        """`add_columns` for readings of several steps, all at their step's start, in steps not sealed yet:
-        duplicates are found for all the steps at once, and the readings of all the steps go into their
-        grids (rows of one `GridPool` array) in one operation."""
-        n = len(cells)
-        open_steps, pool = self._open, self._grids
-        order = np.argsort(steps, kind="stable")  # group by step, arrival order kept within each
-        steps, offsets, cells, value = steps[order], offsets[order], cells[order], value[order]
-        change = steps[1:] != steps[:-1]
-        starts = np.flatnonzero(np.r_[True, change])
-        rank = np.zeros(n, dtype=np.int64)
-        rank[1:] = np.cumsum(change)
-        first = self.first_copies(rank * self._n_cells + cells, len(starts))  # keys: (step, cell)
-        sts = []
-        for step in steps[starts].tolist():
-            st = open_steps.get(step)
-            if st is None:
-                st = open_steps[step] = OpenStep(pool)
-            sts.append(st)
-        windowed = pool.add_many(sts, partition, starts, rank, offsets, cells, value, first)
+        """Readings of steps not sealed yet (columns as in `add_columns`, `dt = ts - step`), grouped by
+        step: those at their step's start into the grids (all steps in one operation), the others into
+        the steps' keyed stores. What neither keeps is a duplicate."""
+        n = len(steps)
+        if int(steps.min()) != int(steps.max()):  # group by step, arrival order kept within each
+            order = np.argsort(steps, kind="stable")
+            steps, offsets, dt, cells, value = (x[order] for x in (steps, offsets, dt, cells, value))
+        windowed = 0
+        if np.count_nonzero(dt):  # readings off their step's start: keyed by cell and ts
+            off = dt != 0
+            windowed += self._add_keyed(
+                partition, steps[off], offsets[off], cells[off] * self._step_ms + dt[off], value[off]
+            )
+            on = ~off
+            steps, offsets, cells, value = steps[on], offsets[on], cells[on], value[on]
+        if len(steps):
+            windowed += self._add_grid(partition, steps, offsets, cells, value)
         p.counts.windowed += windowed
         p.counts.duplicates += n - windowed
+
+    def _add_grid(
+        self, partition: int, steps: np.ndarray, offsets: np.ndarray, cells: np.ndarray, value: np.ndarray
+    ) -> int:
+        """Readings at their step's start, grouped by step: duplicates are found for all the steps at
+        once, and the readings go into their steps' grids (rows of one `GridPool` array) in one
+        operation. Returns how many were windowed."""
+        change = steps[1:] != steps[:-1]
+        starts = np.flatnonzero(np.concatenate(([True], change)))  # np.r_ would cost more than all the rest
+        rank = np.zeros(len(steps), dtype=np.int64)  # each reading's step, 0 .. len(starts) - 1
+        rank[1:] = np.cumsum(change)
+        first = self.first_copies(rank * self._n_cells + cells, len(starts))  # keys: (step, cell)
+        sts = [self._open_step(step) for step in steps[starts].tolist()]
+        return self._grids.add(sts, partition, starts, rank, offsets, cells, value, first)
+
+    def _add_keyed(
+        self, partition: int, steps: np.ndarray, offsets: np.ndarray, keys: np.ndarray, value: np.ndarray
+    ) -> int:
+        """Readings off their step's start, grouped by step, into each step's keyed store; returns how
+        many were windowed."""
+        bounds = (np.flatnonzero(steps[1:] != steps[:-1]) + 1).tolist()
+        windowed = 0
+        for a, b in zip([0, *bounds], [*bounds, len(steps)], strict=True):
+            st = self._open_step(int(steps[a]))
+            windowed += st.add_keyed(partition, offsets[a:b], keys[a:b], value[a:b])
+        return windowed
+
+    def _open_step(self, step: int) -> OpenStep:
+        st = self._open.get(step)
+        if st is None:
+            st = self._open[step] = OpenStep(self._grids)
+        return st
 
     # -- watermark and sealing -------------------------------------------------------------------------
 

@@ -1,25 +1,20 @@
 """The bulk single-reading decoder (`stream.columnar`) accepts exactly what the per-message decoder accepts.
 
 Every broken-message class of `tests/test_schema.py` is put between clean messages and ingested both ways
-(`Ingestor.ingest` per message through `Decoder.decode_rows`, `Ingestor.ingest_many` through
-`SinglesDecoder`): the dead letters, ledgers, late readings and sealed steps must be identical.
+(the per-message reference of `tests/test_ingest_many.py`, through `Decoder.decode`, and
+`Ingestor.ingest_many`, through `SinglesDecoder`): the dead letters, ledgers, late readings and sealed
+steps must be identical.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from stream.columnar import SinglesDecoder
-from stream.ingest import Ingestor
+from stream.ingest import Ingestor, Message
+from tests.test_ingest_many import one_by_one
 from tests.test_schema import NET, PER_READING, TS, WHOLE, batch, single
-
-
-class Rec(NamedTuple):
-    offset: int
-    value: bytes | None
 
 
 def _ingestor() -> Ingestor:
@@ -29,12 +24,12 @@ def _ingestor() -> Ingestor:
 
 
 def _both_ways(values: list[bytes | None]) -> None:
-    recs = [Rec(i, v) for i, v in enumerate(values)]
+    recs = [Message(i, v) for i, v in enumerate(values)]
     one, many = _ingestor(), _ingestor()
-    dead_one = [d for r in recs for d in one.ingest(0, r.offset, r.value)]
+    dead_one, late_one = one_by_one(one, 0, recs)
     dead_many = many.ingest_many(0, recs)
     assert dead_one == dead_many
-    assert one.take_late() == many.take_late()
+    assert late_one == many.take_late()
     assert one.committable() == many.committable()
     a, b = one.ledger.partition(0), many.ledger.partition(0)
     assert [getattr(a, k) for k in a.__slots__] == [getattr(b, k) for k in b.__slots__]

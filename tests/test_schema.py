@@ -256,8 +256,9 @@ def test_timestamp_ceiling_follows_reference() -> None:
     assert dec.decode(single(ts=MIN_TS_MS)).rejects == []
 
 
-def test_decode_rows_is_the_plain_hot_path(decoder: Decoder) -> None:
-    rows = decoder.decode_rows(single(values={"speed": 3.0}))
-    assert rows == [(TS, 1, 0, 3.0)]
-    assert type(decoder.decode_rows(batch())) is not list
-    assert [r.reason for r in decoder.decode_rows(b"junk").rejects] == ["undecodable"]  # type: ignore[union-attr]
+def test_every_result_is_typed_columns(decoder: Decoder) -> None:
+    """Single, batch or rejected: `decode()` gives columns of the same dtypes (empty when nothing is valid)."""
+    for raw, n in [(single(values={"speed": 3.0}), 1), (batch(), 5), (b"junk", 0)]:
+        d = decoder.decode(raw)
+        assert [c.dtype for c in d.columns()] == [np.int64, np.int32, np.int16, np.float64]
+        assert d.n == n and all(len(c) == n for c in d.columns())

@@ -8,8 +8,7 @@ import pytest
 from stream.ledger import Ledger
 from stream.network import Network
 from stream.rolling import RollingWindow
-from stream.schema import Decoded
-from stream.window import OPEN_CELLS, SealedStep, Windower
+from stream.window import OPEN_CELLS, LateReading, SealedStep, Windower
 
 STEP = 1_000
 T0 = 1_700_000_000_000  # on the 1 s grid
@@ -24,21 +23,23 @@ class Clock:
         return self.t
 
 
-def rows(*readings: tuple[int, int, int, float]) -> Decoded:
-    """Readings as `(ts, sensor, feature, value)`, the single-message representation."""
-    return Decoded(list(readings))
+Reading = tuple[int, int, int, float]  # (ts, sensor, feature, value)
 
 
-def cols(ts: list[int], sensor: list[int], feature: list[int], value: list[float]) -> Decoded:
-    """The same as columns, the batch representation."""
-    return Decoded(
-        cols=(
-            np.array(ts, dtype=np.int64),
-            np.array(sensor, dtype=np.int32),
-            np.array(feature, dtype=np.int16),
-            np.array(value, dtype=np.float64),
-        )
-    )
+def add_messages(w: Windower, partition: int, messages: list[tuple[int, list[Reading]]]) -> list[LateReading]:
+    """Messages `(offset, readings)` of one partition, in offset order, in one `Windower.add_columns` call
+    (as the ingest core windows a poll)."""
+    rows = [(offset, *r) for offset, readings in messages for r in readings]
+    offsets = np.array([r[0] for r in rows], dtype=np.int64)
+    ts = np.array([r[1] for r in rows], dtype=np.int64)
+    cells = np.array([r[2] * w.network.n_features + r[3] for r in rows], dtype=np.int64)
+    value = np.array([r[4] for r in rows], dtype=np.float64)
+    return w.add_columns(partition, offsets, ts, cells, value, last_offset=messages[-1][0])
+
+
+def add(w: Windower, partition: int, offset: int, *readings: Reading) -> list[LateReading]:
+    """One message's readings, in arrival order."""
+    return add_messages(w, partition, [(offset, list(readings))])
 
 
 def windower(clock: Clock | None = None, **kw: object) -> Windower:
@@ -49,10 +50,10 @@ def windower(clock: Clock | None = None, **kw: object) -> Windower:
 
 def test_step_seals_only_after_watermark_passes_end_plus_lateness() -> None:
     w = windower()
-    w.add(0, 0, rows((T0 + 10, 0, 0, 5.0)))
-    w.add(0, 1, rows((T0 + 1_499, 1, 0, 7.0)))  # watermark = step end + lateness - 1
+    add(w, 0, 0, (T0 + 10, 0, 0, 5.0))
+    add(w, 0, 1, (T0 + 1_499, 1, 0, 7.0))  # watermark = step end + lateness - 1
     assert w.seal() == []
-    w.add(0, 2, rows((T0 + 1_500, 1, 1, 9.0)))
+    add(w, 0, 2, (T0 + 1_500, 1, 1, 9.0))
     (s,) = w.seal()
     assert s.step_ts == T0 and s.n_readings == 1
     assert s.values.dtype == np.float32 and s.values.shape == (3, 2)
@@ -68,7 +69,7 @@ def test_step_seals_only_after_watermark_passes_end_plus_lateness() -> None:
 def test_aggregations(agg: str, expected: float) -> None:
     w = windower(agg=agg)
     # arrival order differs from event order: "last" is by event time
-    w.add(0, 0, rows((T0 + 300, 0, 0, 2.0), (T0 + 100, 0, 0, 9.0), (T0 + 200, 0, 0, 1.0)))
+    add(w, 0, 0, (T0 + 300, 0, 0, 2.0), (T0 + 100, 0, 0, 9.0), (T0 + 200, 0, 0, 1.0))
     (s,) = w.flush_all()
     assert s.values[0, 0] == pytest.approx(expected)
     assert s.n_readings == 3
@@ -76,7 +77,7 @@ def test_aggregations(agg: str, expected: float) -> None:
 
 def test_median_of_even_count_and_unknown_agg() -> None:
     w = windower(agg="median")
-    w.add(0, 0, cols([T0 + 1, T0 + 2, T0 + 3, T0 + 4], [2] * 4, [1] * 4, [4.0, 1.0, 3.0, 10.0]))
+    add(w, 0, 0, (T0 + 1, 2, 1, 4.0), (T0 + 2, 2, 1, 1.0), (T0 + 3, 2, 1, 3.0), (T0 + 4, 2, 1, 10.0))
     assert w.flush_all()[0].values[2, 1] == 3.5
     with pytest.raises(ValueError, match="agg must be one of"):
         windower(agg="mode")
@@ -84,9 +85,9 @@ def test_median_of_even_count_and_unknown_agg() -> None:
 
 def test_exact_duplicate_counted_and_not_aggregated() -> None:
     w = windower()
-    w.add(0, 0, rows((T0 + 5, 0, 0, 10.0)))
-    w.add(0, 1, rows((T0 + 5, 0, 0, 99.0), (T0 + 6, 0, 0, 20.0)))  # same key, other value: first wins
-    w.add(0, 2, cols([T0 + 6, T0 + 6], [0, 0], [0, 0], [20.0, 20.0]))
+    add(w, 0, 0, (T0 + 5, 0, 0, 10.0))
+    add(w, 0, 1, (T0 + 5, 0, 0, 99.0), (T0 + 6, 0, 0, 20.0))  # same key, other value: first wins
+    add(w, 0, 2, (T0 + 6, 0, 0, 20.0), (T0 + 6, 0, 0, 20.0))
     (s,) = w.flush_all()
     assert s.values[0, 0] == 15.0 and s.n_readings == 2
     c = w.ledger.partition(0)
@@ -96,11 +97,11 @@ def test_exact_duplicate_counted_and_not_aggregated() -> None:
 
 def test_late_reading_returned_counted_and_not_aggregated() -> None:
     w = windower()
-    w.add(0, 0, rows((T0 + 10, 0, 0, 1.0)))
-    w.add(0, 1, rows((T0 + 2_600, 0, 0, 2.0)))
+    add(w, 0, 0, (T0 + 10, 0, 0, 1.0))
+    add(w, 0, 1, (T0 + 2_600, 0, 0, 2.0))
     sealed = w.seal()
     assert [s.step_ts for s in sealed] == [T0, T0 + STEP]
-    late = w.add(0, 2, rows((T0 + 20, 1, 1, 3.0)))
+    late = add(w, 0, 2, (T0 + 20, 1, 1, 3.0))
     assert len(late) == 1
     r = late[0]
     assert (r.sensor, r.feature, r.ts, r.value, r.step_ts, r.partition, r.offset) == (
@@ -112,7 +113,7 @@ def test_late_reading_returned_counted_and_not_aggregated() -> None:
         0,
         2,
     )
-    late = w.add(0, 3, cols([T0 + 30, T0 + 1_030], [2, 2], [0, 0], [4.0, 5.0]))
+    late = add(w, 0, 3, (T0 + 30, 2, 0, 4.0), (T0 + 1_030, 2, 0, 5.0))
     assert sorted(r.step_ts for r in late) == [T0, T0 + STEP]
     assert w.ledger.partition(0).late == 3
     assert w.ledger.balanced()
@@ -120,9 +121,9 @@ def test_late_reading_returned_counted_and_not_aggregated() -> None:
 
 def test_empty_steps_between_are_sealed_with_last_observation_fill() -> None:
     w = windower()
-    w.add(0, 0, rows((T0, 0, 0, 1.0), (T0, 1, 1, 2.0)))
-    w.add(0, 1, rows((T0 + 4_000, 0, 0, 3.0)))
-    w.add(0, 2, rows((T0 + 5_500, 2, 0, 4.0)))
+    add(w, 0, 0, (T0, 0, 0, 1.0), (T0, 1, 1, 2.0))
+    add(w, 0, 1, (T0 + 4_000, 0, 0, 3.0))
+    add(w, 0, 2, (T0 + 5_500, 2, 0, 4.0))
     sealed = w.seal()
     assert [s.step_ts for s in sealed] == [T0 + i * STEP for i in range(5)]
     empty = sealed[2]
@@ -136,7 +137,7 @@ def test_sealed_step_ts_strictly_increase_and_never_go_back() -> None:
     w = windower()
     seen: list[int] = []
     for i, ts in enumerate([T0 + 3_000, T0 + 100, T0 + 9_000, T0 + 2_000, T0 + 15_000, T0 + 1]):
-        w.add(0, i, rows((ts, 0, 0, float(i))))
+        add(w, 0, i, (ts, 0, 0, float(i)))
         seen += [s.step_ts for s in w.seal()]
     seen += [s.step_ts for s in w.flush_all()]
     assert seen == sorted(set(seen))
@@ -147,26 +148,26 @@ def test_sealed_step_ts_strictly_increase_and_never_go_back() -> None:
 def test_network_watermark_is_min_over_partitions_and_idle_ones_are_skipped() -> None:
     clock = Clock()
     w = windower(clock, idle_timeout_ms=10_000)
-    w.add(0, 0, rows((T0 + 100, 0, 0, 1.0)))
-    w.add(1, 0, rows((T0 + 5_000, 1, 0, 1.0)))
+    add(w, 0, 0, (T0 + 100, 0, 0, 1.0))
+    add(w, 1, 0, (T0 + 5_000, 1, 0, 1.0))
     assert w.watermark() == T0 + 100
     assert w.seal() == []  # partition 0 holds the watermark back
     clock.t += 9_999
     assert w.seal() == []
     clock.t += 1  # partition 0 now idle, but so is partition 1 -> max of both
     assert w.watermark() == T0 + 5_000
-    w.add(1, 1, rows((T0 + 6_000, 1, 0, 2.0)))  # partition 1 active again, 0 still idle
+    add(w, 1, 1, (T0 + 6_000, 1, 0, 2.0))  # partition 1 active again, 0 still idle
     assert w.watermark() == T0 + 6_000
     assert [s.step_ts for s in w.seal()] == [T0 + i * STEP for i in range(5)]
-    w.add(0, 1, rows((T0 + 6_100, 0, 0, 2.0)))  # partition 0 back: the watermark never decreases
+    add(w, 0, 1, (T0 + 6_100, 0, 0, 2.0))  # partition 0 back: the watermark never decreases
     assert w.watermark() == T0 + 6_000
 
 
 def test_resume_after_step_counts_replayed_and_continues_after_it() -> None:
     resume = T0 + 2 * STEP
     w = windower(resume_after_step=resume)
-    w.add(0, 0, rows((T0 + 10, 0, 0, 1.0), (T0 + 2_999, 0, 0, 2.0), (T0 + 3_000, 0, 0, 3.0)))
-    w.add(0, 1, cols([T0 + 5, T0 + 3_001], [1, 1], [0, 0], [1.0, 2.0]))
+    add(w, 0, 0, (T0 + 10, 0, 0, 1.0), (T0 + 2_999, 0, 0, 2.0), (T0 + 3_000, 0, 0, 3.0))
+    add(w, 0, 1, (T0 + 5, 1, 0, 1.0), (T0 + 3_001, 1, 0, 2.0))
     c = w.ledger.partition(0)
     assert (c.replayed, c.windowed, c.late) == (3, 2, 0)
     sealed = w.flush_all()
@@ -178,14 +179,14 @@ def test_resume_after_step_counts_replayed_and_continues_after_it() -> None:
 def test_committable_holds_smallest_open_offset() -> None:
     w = windower()
     assert w.committable(0) is None
-    w.add(0, 10, rows((T0 + 10, 0, 0, 1.0)))
-    w.add(0, 11, Decoded())  # a message with no valid readings (dead-lettered)
-    w.add(0, 12, rows((T0 + 1_100, 0, 0, 1.0)))
+    add(w, 0, 10, (T0 + 10, 0, 0, 1.0))
+    add(w, 0, 11)  # a message with no valid readings (dead-lettered)
+    add(w, 0, 12, (T0 + 1_100, 0, 0, 1.0))
     assert w.committable(0) == 10
-    w.add(1, 5, rows((T0 + 1_200, 1, 0, 1.0)))
+    add(w, 1, 5, (T0 + 1_200, 1, 0, 1.0))
     assert w.committable_all() == {0: 10, 1: 5}
-    w.add(0, 13, rows((T0 + 1_600, 0, 0, 1.0)))
-    w.add(1, 6, rows((T0 + 1_700, 1, 0, 1.0)))
+    add(w, 0, 13, (T0 + 1_600, 0, 0, 1.0))
+    add(w, 1, 6, (T0 + 1_700, 1, 0, 1.0))
     taken = w.seal()
     assert [s.step_ts for s in taken] == [T0]
     assert w.committable(0) == 12
@@ -197,20 +198,20 @@ def test_committable_holds_smallest_open_offset() -> None:
 
 def test_committable_ignores_duplicates_and_late() -> None:
     w = windower()
-    w.add(0, 0, rows((T0 + 10, 0, 0, 1.0)))
-    w.add(0, 1, rows((T0 + 2_000, 0, 0, 1.0)))
+    add(w, 0, 0, (T0 + 10, 0, 0, 1.0))
+    add(w, 0, 1, (T0 + 2_000, 0, 0, 1.0))
     w.seal()
-    w.add(0, 2, rows((T0 + 2_000, 0, 0, 1.0)))  # duplicate of offset 1
-    w.add(0, 3, rows((T0 + 20, 0, 0, 1.0)))  # late
+    add(w, 0, 2, (T0 + 2_000, 0, 0, 1.0))  # duplicate of offset 1
+    add(w, 0, 3, (T0 + 20, 0, 0, 1.0))  # late
     assert w.committable(0) == 1
 
 
 def test_max_open_steps_forces_oldest_seals() -> None:
     clock = Clock()
     w = windower(clock, max_open_steps=3)
-    w.add(0, 0, rows((T0, 0, 0, 1.0)))  # partition 0 stalls but is not idle
+    add(w, 0, 0, (T0, 0, 0, 1.0))  # partition 0 stalls but is not idle
     for i in range(1, 10):
-        w.add(1, i, rows((T0 + i * STEP, 1, 0, float(i))))
+        add(w, 1, i, (T0 + i * STEP, 1, 0, float(i)))
     sealed = w.seal()
     assert [s.step_ts for s in sealed] == [T0 + i * STEP for i in range(7)]
     assert w.open_steps == [T0 + 7 * STEP, T0 + 8 * STEP, T0 + 9 * STEP]
@@ -222,27 +223,26 @@ def test_default_open_step_bound_is_sized_by_memory() -> None:
     network (a backfill of weeks across unevenly read partitions seals nothing early), few for a huge one,
     never under 64."""
     clock = Clock()
-    small = Windower(Network.simple("pems08-like", 170, ["flow", "occupancy", "speed"]), allowed_lateness_ms=0,
-                     idle_timeout_ms=60_000, now=clock)  # fmt: skip
+    pems08 = Network.simple("pems08-like", 170, ["flow", "occupancy", "speed"])
+    small = Windower(pems08, allowed_lateness_ms=0, idle_timeout_ms=60_000, now=clock)
     assert small.max_open_steps == OPEN_CELLS // (170 * 3) > 7 * 288  # over a week of 5-minute steps
-    huge = Windower(Network.simple("huge", 200_000, ["speed"]), allowed_lateness_ms=0, idle_timeout_ms=60_000,
-                    now=clock)  # fmt: skip
-    assert huge.max_open_steps == 64
+    huge = Network.simple("huge", 200_000, ["speed"])
+    assert Windower(huge, allowed_lateness_ms=0, idle_timeout_ms=60_000, now=clock).max_open_steps == 64
 
 
 def test_a_lone_reading_far_ahead_forces_nothing() -> None:
     w = windower(max_open_steps=3)
-    w.add(0, 0, rows((T0, 0, 0, 1.0)))
-    w.add(1, 0, rows((T0 + 500 * STEP, 0, 0, 1.0)))  # a clock far ahead on another partition
+    add(w, 0, 0, (T0, 0, 0, 1.0))
+    add(w, 1, 0, (T0 + 500 * STEP, 0, 0, 1.0))  # a clock far ahead on another partition
     assert w.seal() == [] and w.forced_seals == 0
-    w.add(0, 1, rows((T0 + 2 * STEP, 0, 0, 1.0)))
+    add(w, 0, 1, (T0 + 2 * STEP, 0, 0, 1.0))
     assert [s.step_ts for s in w.seal()] == [T0]
 
 
 def test_batch_with_several_steps_and_fill_values() -> None:
     fill = np.full((3, 2), 7.0, dtype=np.float32)
     w = windower(fill_values=fill)
-    w.add(3, 0, cols([T0 + 1, T0 + 1_001, T0 + 1_002], [0, 0, 1], [0, 0, 0], [1.0, 2.0, 3.0]))
+    add(w, 3, 0, (T0 + 1, 0, 0, 1.0), (T0 + 1_001, 0, 0, 2.0), (T0 + 1_002, 1, 0, 3.0))
     a, b = w.flush_all()
     assert a.values[0, 0] == 1.0 and a.values[1, 0] == 7.0 and a.mask[1, 0] == 0
     assert b.values[0, 0] == 2.0 and b.values[1, 0] == 3.0
@@ -252,7 +252,7 @@ def test_batch_with_several_steps_and_fill_values() -> None:
 def test_windower_counts_into_a_shared_ledger() -> None:
     ledger = Ledger()
     w = windower(ledger=ledger)
-    w.add(0, 0, rows((T0, 0, 0, 1.0)))
+    add(w, 0, 0, (T0, 0, 0, 1.0))
     assert ledger.partition(0).received == 1 and ledger.partition(0).windowed == 1
     ledger.partition(0).received += 2  # what the caller rejected before windowing
     ledger.partition(0).dead("undecodable", 2)
@@ -293,24 +293,15 @@ def test_rolling_window_gap_restarts_and_backwards_raises() -> None:
         r.push(step(5, 5))
 
 
-def test_rolling_window_load_from_arrays() -> None:
-    r = RollingWindow(NET, 2)
-    ts = np.array([T0, T0 + STEP, T0 + 2 * STEP])
-    values = np.arange(18, dtype=np.float32).reshape(3, 3, 2)
-    r.load(ts, values, np.ones((3, 3, 2), np.uint8))
-    assert r.ready and r.step_ts().tolist() == ts[1:].tolist()
-    assert np.array_equal(r.values(), values[1:])
-
-
 def test_a_partition_with_unread_data_is_not_idle_after_a_stall() -> None:
     # the consumer stalled (Redis down) longer than the idle timeout; partition 1 still has unread data
     clock = Clock()
     w = windower(clock, idle_timeout_ms=10_000)
-    w.add(0, 0, rows((T0, 0, 0, 1.0)))
-    w.add(1, 0, rows((T0, 1, 0, 1.0)))
+    add(w, 0, 0, (T0, 0, 0, 1.0))
+    add(w, 1, 0, (T0, 1, 0, 1.0))
     assert w.seal() == []
     clock.t += 60_000
-    w.add(0, 1, rows((T0 + 20 * STEP, 0, 0, 2.0)))  # partition 0 is ahead after the stall
+    add(w, 0, 1, (T0 + 20 * STEP, 0, 0, 2.0))  # partition 0 is ahead after the stall
     w.keep_active([1])
     assert w.seal() == [], "partition 1's watermark must still hold the network back"
     assert w.watermark() == T0

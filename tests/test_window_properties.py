@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.network import Network
-from stream.schema import Decoded
 from stream.window import SealedStep, Windower
+from tests.test_window import add, add_messages
 
 STEP = 1_000
 LATENESS = 1_500
@@ -36,27 +36,17 @@ def new_windower(agg: str = "mean") -> Windower:
     return Windower(NET, allowed_lateness_ms=LATENESS, idle_timeout_ms=10**9, agg=agg, now=lambda: T0)
 
 
-def as_decoded(batch: list[Reading], columnar: bool) -> Decoded:
-    if not columnar:
-        return Decoded(list(batch))
-    ts, s, f, v = zip(*batch, strict=True)
-    return Decoded(
-        cols=(
-            np.array(ts, np.int64),
-            np.array(s, np.int32),
-            np.array(f, np.int16),
-            np.array(v, np.float64),
-        )
-    )
+Arrivals = list[tuple[int, list[Reading]]]  # (partition, readings of one message), in arrival order
 
 
-def run(
-    w: Windower, arrivals: list[tuple[int, list[Reading]]], columnar: list[bool] | None = None
-) -> list[SealedStep]:
-    """Feed (partition, readings-of-one-message) in order, sealing after each; then flush."""
+def run(w: Windower, arrivals: Arrivals, poll: int = 1) -> list[SealedStep]:
+    """Feed the messages in order (message i at offset i), `poll` at a time: each partition's messages of
+    a poll in one `add_columns` call, as the ingest core takes a poll, then a seal; then flush."""
     out: list[SealedStep] = []
-    for i, (partition, batch) in enumerate(arrivals):
-        w.add(partition, i, as_decoded(batch, bool(columnar and columnar[i])))
+    for start in range(0, len(arrivals), poll):
+        msgs = list(enumerate(arrivals[start : start + poll], start))
+        for partition in sorted({p for _, (p, _) in msgs}):
+            add_messages(w, partition, [(i, batch) for i, (p, batch) in msgs if p == partition])
         out += w.seal()
         assert w.ledger.balanced()
     return out + w.flush_all()
@@ -71,9 +61,9 @@ def same(a: list[SealedStep], b: list[SealedStep]) -> None:
 
 
 @st.composite
-def shuffled(draw: st.DrawFn) -> tuple[list[Reading], list[tuple[int, list[Reading]]], list[bool], str]:
+def shuffled(draw: st.DrawFn) -> tuple[list[Reading], Arrivals, int, str]:
     """Readings, and an arrival schedule: each copy delayed by at most the lateness, some duplicated,
-    spread over partitions and grouped into multi-reading messages."""
+    spread over partitions, grouped into multi-reading messages and those into polls."""
     rs = draw(readings_st)
     copies = [r for r in rs for _ in range(draw(st.integers(1, 3)))]
     delays = draw(st.lists(st.integers(0, LATENESS), min_size=len(copies), max_size=len(copies)))
@@ -84,20 +74,20 @@ def shuffled(draw: st.DrawFn) -> tuple[list[Reading], list[tuple[int, list[Readi
         size = draw(st.integers(1, 4))
         arrivals.append((draw(st.integers(0, 2)), [copies[j] for j in order[i : i + size]]))
         i += size
-    columnar = draw(st.lists(st.booleans(), min_size=len(arrivals), max_size=len(arrivals)))
+    poll = draw(st.integers(1, 5))
     agg = draw(st.sampled_from(["mean", "last", "max", "min", "median"]))
-    return rs, arrivals, columnar, agg
+    return rs, arrivals, poll, agg
 
 
 @BOUNDED
 @given(shuffled())
 def test_order_within_lateness_and_duplicates_do_not_change_sealed_steps(
-    case: tuple[list[Reading], list[tuple[int, list[Reading]]], list[bool], str],
+    case: tuple[list[Reading], Arrivals, int, str],
 ) -> None:
-    rs, arrivals, columnar, agg = case
+    rs, arrivals, poll, agg = case
     reference = run(new_windower(agg), [(0, [r]) for r in sorted(rs)])
     w = new_windower(agg)
-    got = run(w, arrivals, columnar)
+    got = run(w, arrivals, poll)
     same(reference, got)
     total = w.ledger.total()
     assert total.late == 0 and total.windowed == len(rs)
@@ -108,10 +98,10 @@ def test_order_within_lateness_and_duplicates_do_not_change_sealed_steps(
 @BOUNDED
 @given(shuffled())
 def test_sealed_steps_are_consecutive_and_cover_all_readings(
-    case: tuple[list[Reading], list[tuple[int, list[Reading]]], list[bool], str],
+    case: tuple[list[Reading], Arrivals, int, str],
 ) -> None:
-    rs, arrivals, columnar, agg = case
-    sealed = run(new_windower(agg), arrivals, columnar)
+    rs, arrivals, poll, agg = case
+    sealed = run(new_windower(agg), arrivals, poll)
     ts = [s.step_ts for s in sealed]
     assert np.all(np.diff(ts) == STEP)
     assert ts[0] == min(NET.step_of(r[0]) for r in rs) and ts[-1] == max(NET.step_of(r[0]) for r in rs)
@@ -127,7 +117,7 @@ def test_readings_beyond_lateness_are_late_and_counted(
 ) -> None:
     w = new_windower()
     for i, r in enumerate(sorted(rs)):
-        w.add(0, i, Decoded([r]))
+        add(w, 0, i, r)
         w.seal()
     sealed_through = w.sealed_through
     wm = w.watermark()
@@ -136,7 +126,7 @@ def test_readings_beyond_lateness_are_late_and_counted(
     for k, dt in enumerate(extra):
         ts = T0 + dt
         s, f = data.draw(st.integers(0, 3)), data.draw(st.integers(0, 1))
-        late = w.add(1 + k % 2, k, Decoded([(ts, s, f, 1.0)]))
+        late = add(w, 1 + k % 2, k, (ts, s, f, 1.0))
         if sealed_through is not None and NET.step_of(ts) <= sealed_through:
             assert [r.ts for r in late] == [ts]  # its step is sealed: late, whatever else
             n_late += 1
@@ -153,7 +143,7 @@ def test_readings_beyond_lateness_are_late_and_counted(
 @given(
     st.lists(
         st.tuples(
-            st.integers(0, 9),  # step: readings at their step's start (the columnar hot path)
+            st.integers(0, 9),  # step: readings at their step's start (the grids)
             st.integers(0, NET.n_sensors - 1),
             st.integers(0, NET.n_features - 1),
             st.sampled_from([1.0, 2.0, 3.0]),  # few values: copies of one key often disagree
@@ -172,7 +162,7 @@ def test_columns_over_many_steps_equal_one_reading_at_a_time(
     duplicates are found by sorting instead of the scratch array."""
     one = new_windower("last")
     for i, (k, s, f, v) in enumerate(rows):
-        one.add(0, i, Decoded([(T0 + k * STEP, s, f, v)]))
+        add(one, 0, i, (T0 + k * STEP, s, f, v))
     many = new_windower("last")
     if sort_duplicates:
         many.first_copies.max_scratch_cells = 1
