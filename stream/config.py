@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 
 class KafkaSettings(BaseModel):
@@ -22,9 +22,24 @@ class KafkaSettings(BaseModel):
     readings_topic: str = "sensorcast.readings"
     dead_letter_topic: str = "sensorcast.dead-letter"
     partitions: int = Field(default=4, ge=1, description="partitions when sensorcast creates the topic")
+    create_topics: bool = Field(
+        default=True,
+        description="create missing topics at start; false: they must exist (no CREATE ACL needed then)",
+    )
+    replication_factor: int = Field(
+        default=1, ge=1, description="replicas per partition of the topics sensorcast creates (managed: 3)"
+    )
+    topic_configs: dict[str, str] = Field(
+        default_factory=dict,
+        description="topic configs of the topics sensorcast creates, e.g. retention.ms, min.insync.replicas; "
+        "keys not given take the broker's defaults",
+    )
     group_id: str = "sensorcast-ingest"
     session_timeout_ms: int = Field(default=6000, ge=1000)
     max_poll_records: int = Field(default=2000, ge=1)
+    bootstrap_timeout_ms: int = Field(
+        default=30_000, ge=100, description="how long a client waits at start for a broker to answer"
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -33,9 +48,30 @@ class KafkaSettings(BaseModel):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
 
+    @field_validator("topic_configs", mode="before")
+    @classmethod
+    def _config_values_as_text(cls, value: Any) -> Any:
+        """TOML and JSON write `retention.ms = 604800000` as a number; the Kafka protocol carries text."""
+        if not isinstance(value, dict):
+            return value
+        return {k: _config_text(v) for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _min_insync_fits(self) -> KafkaSettings:
+        min_isr = self.topic_configs.get("min.insync.replicas", "")
+        if min_isr.isdigit() and int(min_isr) > self.replication_factor:
+            raise ValueError(
+                f"kafka.topic_configs min.insync.replicas={min_isr} exceeds kafka.replication_factor="
+                f"{self.replication_factor}: the broker would refuse every acks=all write"
+            )
+        return self
+
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python clients (bootstrap excluded)."""
-        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        opts: dict[str, Any] = {
+            "security_protocol": self.security_protocol,
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
+        }
         if self.sasl_mechanism:
             opts["sasl_mechanism"] = self.sasl_mechanism
             opts["sasl_plain_username"] = self.sasl_username
@@ -92,3 +128,12 @@ class StorageSettings(BaseModel):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=20.0, gt=0)
     retries: int = Field(default=3, ge=1, description="attempts per request inside the S3 client")
+
+
+def _config_text(value: Any) -> Any:
+    """A topic config value as the text Kafka expects (`true`, `604800000`); other types are left to fail."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value

@@ -2,6 +2,10 @@
 ingest consumer. No windowing or validation here (that is `stream.ingest`); nothing touches the network
 until `start()`.
 
+Start-up: `ensure_topics` creates the missing topics with the configured replication factor and configs,
+or, with `kafka.create_topics` false, requires them. A client that cannot start raises `BrokerUnavailable`
+(or a subclass) with one line naming the setting to fix; the CLI prints it as it is.
+
 Offsets: the consumer never auto-commits. The caller commits explicitly what `Ingestor.committable()`
 allows after the data below it is durable (archived, dead-lettered, or in the late log).
 Lag comes from `consumer.highwater()`, because Tansu answers `end_offsets()` too low.
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import socket
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,40 +56,157 @@ class BrokerUnavailable(RuntimeError):
     """No Kafka broker answers at the configured bootstrap address."""
 
 
+class KafkaAuthFailed(BrokerUnavailable):
+    """A broker answers but refuses this client's credentials or security protocol."""
+
+
+class TopicsUnavailable(BrokerUnavailable):
+    """A topic sensorcast needs is missing and may not, or cannot, be created as configured."""
+
+
 def _bootstrap(settings: KafkaSettings) -> str:
     if not settings.bootstrap:
         raise BrokerUnavailable(
-            "no Kafka bootstrap address configured — pass --bootstrap HOST:PORT or use the demo"
+            "no Kafka bootstrap address configured (kafka.bootstrap) — pass --bootstrap HOST:PORT or use "
+            "the demo"
         )
     return settings.bootstrap
 
 
-def _unavailable(settings: KafkaSettings, exc: Exception) -> BrokerUnavailable:
-    return BrokerUnavailable(
-        f"no Kafka broker at {settings.bootstrap} ({type(exc).__name__}: {exc}) — start one or pass --bootstrap"
+def _listening(bootstrap: str) -> bool:
+    """Whether any bootstrap address accepts a TCP connection (tells 'nobody there' from 'refused us')."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition("://")[2].rpartition(":")
+        with contextlib.suppress(OSError, ValueError):
+            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+            return True
+    return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text, name = str(exc), type(exc).__name__
+    # kafka-python's errors start with their class name already
+    return " ".join((text if text.startswith(name) else f"{name}: {text}").split())
+
+
+def _credentials(s: KafkaSettings) -> str:
+    if s.sasl_mechanism is None:
+        return f"kafka.security_protocol ({s.security_protocol})"
+    return (
+        f"kafka.security_protocol ({s.security_protocol}), kafka.sasl_mechanism ({s.sasl_mechanism}), "
+        f"kafka.sasl_username ({s.sasl_username}) and kafka.sasl_password"
     )
 
 
-def ensure_topics(settings: KafkaSettings, topics: Mapping[str, int]) -> None:
-    """Create the topics (name -> partitions) that do not exist yet."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+def _unavailable(s: KafkaSettings, exc: Exception) -> BrokerUnavailable:
+    """The one-line start error for a client that could not reach a usable broker, naming what to fix."""
+    from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
+
+    if isinstance(exc, SaslAuthenticationFailedError):
+        return KafkaAuthFailed(
+            f"Kafka at {s.bootstrap} refused the credentials ({_one_line(exc)}) — check {_credentials(s)}"
+        )
+    if isinstance(exc, AuthorizationError):
+        return KafkaAuthFailed(
+            f"Kafka at {s.bootstrap} refused this principal ({_one_line(exc)}) — it needs DESCRIBE, READ "
+            f"and WRITE on topics {s.readings_topic} and {s.dead_letter_topic}, READ on group {s.group_id}"
+            f"{', CREATE on the cluster (kafka.create_topics)' if s.create_topics else ''}; or check "
+            f"{_credentials(s)}"
+        )
+    if s.bootstrap and _listening(s.bootstrap):
+        return KafkaAuthFailed(
+            f"a server listens at {s.bootstrap} (kafka.bootstrap) but Kafka requests to it fail "
+            f"({_one_line(exc)}) — check that it is a Kafka listener and {_credentials(s)}"
+        )
+    return BrokerUnavailable(
+        f"no Kafka broker at {s.bootstrap} (kafka.bootstrap): nothing accepts connections there "
+        f"({_one_line(exc)}) — start one, or set kafka.bootstrap / pass --bootstrap"
+    )
+
+
+@contextlib.contextmanager
+def _starting(settings: KafkaSettings) -> Iterator[None]:
+    """Around a client's construction and first requests: a Kafka error becomes one line naming a setting."""
+    from kafka.errors import KafkaError
 
     try:
+        yield
+    except KafkaError as exc:
+        raise _unavailable(settings, exc) from exc
+
+
+def ensure_topics(settings: KafkaSettings, topics: Mapping[str, int]) -> None:
+    """Make sure the topics (name -> partitions) exist before anything reads or writes them.
+
+    Missing topics are created with `kafka.replication_factor` and `kafka.topic_configs`, or, with
+    `kafka.create_topics` false, reported (a managed cluster where an operator creates the topics).
+    """
+    from kafka import KafkaAdminClient
+
+    with _starting(settings):
         admin = KafkaAdminClient(
             bootstrap_servers=_bootstrap(settings), request_timeout_ms=10_000, **settings.client_options()
         )
-    except KafkaError as exc:
-        raise _unavailable(settings, exc) from exc
-    try:
-        existing = set(admin.list_topics())
-        new = [NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another client created it meanwhile
-                admin.create_topics(new)
-    finally:
-        admin.close()
+        try:
+            existing = set(admin.list_topics())
+            missing = {name: parts for name, parts in topics.items() if name not in existing}
+            if missing and not settings.create_topics:
+                wanted = ", ".join(f"'{n}' with {p} partition{'s' * (p != 1)}" for n, p in missing.items())
+                raise TopicsUnavailable(
+                    f"topic '{next(iter(missing))}' does not exist (or this principal may not DESCRIBE it) "
+                    f"and kafka.create_topics is false — create {wanted}; or set kafka.create_topics=true "
+                    "and grant this principal CREATE on the cluster or on these topics"
+                )
+            if missing:
+                _create(admin, settings, missing)
+        finally:
+            admin.close()
+
+
+def _create(admin: Any, s: KafkaSettings, topics: Mapping[str, int]) -> None:
+    from kafka import errors
+
+    rf = s.replication_factor
+    n_brokers = sum(not b.get("is_fenced") for b in admin.describe_cluster()["brokers"])
+    if rf > n_brokers:  # Kafka refuses this itself; brokers with shared storage (Tansu) would accept it
+        raise TopicsUnavailable(
+            f"kafka.replication_factor is {rf} but the cluster has {n_brokers} broker(s) — set "
+            f"kafka.replication_factor to at most {n_brokers}"
+        )
+    request = {
+        name: {"num_partitions": parts, "replication_factor": rf, "configs": s.topic_configs}
+        for name, parts in topics.items()
+    }
+    for topic in admin.create_topics(request, raise_errors=False)["topics"]:
+        error = errors.for_code(topic["error_code"])
+        if error in (errors.NoError, errors.TopicAlreadyExistsError):  # or created by another client
+            continue
+        name, why = topic["name"], " ".join(f"{error.__name__}: {topic['error_message'] or ''}".split())
+        if issubclass(error, errors.AuthorizationError):
+            fix = (
+                f"grant this principal CREATE on the cluster or on topic '{name}', or create it and set "
+                "kafka.create_topics=false"
+            )
+        elif issubclass(error, errors.InvalidReplicationFactorError):
+            fix = f"set kafka.replication_factor (now {rf}) to what the cluster allows"
+        elif issubclass(error, errors.InvalidConfigurationError):
+            fix = f"fix kafka.topic_configs ({s.topic_configs})"
+        else:  # a cluster policy (PolicyViolationError) usually requires a replication factor or configs
+            fix = f"check kafka.replication_factor (now {rf}) and kafka.topic_configs ({s.topic_configs})"
+        raise TopicsUnavailable(f"the broker refused to create topic '{name}' ({why}) — {fix}")
+
+
+def producer_options(settings: KafkaSettings) -> dict[str, Any]:
+    """What every sensorcast producer is built with. `acks=all`: a send is acknowledged once every in-sync
+    replica has it, so with the topic's `min.insync.replicas` >= 2 an acknowledged reading or dead letter
+    survives the loss of a broker. Idempotence: the producer's own retries neither drop nor double a batch
+    (explicit, so a conflicting option fails at start instead of silently turning it off)."""
+    return {
+        "bootstrap_servers": _bootstrap(settings),
+        "acks": "all",
+        "enable_idempotence": True,
+        **settings.client_options(),
+    }
 
 
 def partition_of(sensor_index: int, n_partitions: int) -> int:
@@ -109,19 +231,12 @@ class ReadingProducer:
 
     def start(self) -> ReadingProducer:
         from kafka import KafkaProducer
-        from kafka.errors import KafkaError
 
-        try:
+        with _starting(self.settings):
             self._producer = KafkaProducer(
-                bootstrap_servers=_bootstrap(self.settings),
-                linger_ms=5,
-                acks="all",
-                max_request_size=8 * 1024 * 1024,
-                **self.settings.client_options(),
+                **producer_options(self.settings), linger_ms=5, max_request_size=8 * 1024 * 1024
             )
             parts = self._producer.partitions_for(self.topic)
-        except KafkaError as exc:
-            raise _unavailable(self.settings, exc) from exc
         n_parts = len(parts) if parts else 1
         owner = np.array([partition_of(i, n_parts) for i in range(self.network.n_sensors)])
         self._groups = [np.flatnonzero(owner == p) for p in range(n_parts)]
@@ -134,8 +249,11 @@ class ReadingProducer:
         if self.fmt == "single":
             for i in np.flatnonzero(present.any(axis=1)):
                 vals = {feats[k]: float(values[i, k]) for k in range(len(feats)) if present[i, k]}
-                self.send_raw(encode_reading(sensors[i], ts, vals), key=sensors[i].encode(),
-                              partition=partition_of(int(i), len(self._groups)))  # fmt: skip
+                self.send_raw(
+                    encode_reading(sensors[i], ts, vals),
+                    key=sensors[i].encode(),
+                    partition=partition_of(int(i), len(self._groups)),
+                )
                 self.sent += len(vals)
             return
         for part, idx in enumerate(self._groups):
@@ -183,12 +301,8 @@ class DeadLetterProducer:
     def start(self) -> DeadLetterProducer:
         from kafka import KafkaProducer
 
-        self._producer = KafkaProducer(
-            bootstrap_servers=_bootstrap(self.settings),
-            acks="all",
-            linger_ms=2,
-            **self.settings.client_options(),
-        )
+        with _starting(self.settings):
+            self._producer = KafkaProducer(**producer_options(self.settings), linger_ms=2)
         return self
 
     def send(self, records: Sequence[Any]) -> None:
@@ -243,12 +357,9 @@ class IngestConsumer:
 
     def start(self) -> IngestConsumer:
         from kafka import KafkaConsumer
-        from kafka.errors import KafkaError
 
-        try:
+        with _starting(self.settings):
             self._consumer = KafkaConsumer(self.settings.readings_topic, **self.consumer_options())
-        except KafkaError as exc:
-            raise _unavailable(self.settings, exc) from exc
         return self
 
     def poll(self, timeout_ms: int = 200) -> Iterator[Record]:
