@@ -28,12 +28,19 @@ class RedisSettings(BaseModel):
     """The Redis (or Valkey) server forecasts are written to."""
 
     url: SecretStr | None = Field(
-        default=None, description="redis[s]://[user:password@]host:port/db; None = start an embedded server"
+        default=None,
+        description="redis[s]://[user:password@]host:port/db; redis[s]+cluster://host:port for a Redis "
+        "Cluster (any node: the others are discovered); None = start an embedded server",
+    )
+    cluster: bool = Field(
+        default=False,
+        description="the server is a Redis Cluster (also implied by a redis+cluster:// URL): one network's "
+        "keys share a hash tag, so they live in one slot",
     )
     username: str | None = None
     password: SecretStr | None = None
     ssl_ca_certs: Path | None = None
-    key_prefix: str = Field(default="sc", description="every key starts with '<prefix>:<network>:'")
+    key_prefix: str = Field(default="sc", description="every key starts with '<prefix>:{<network>}:'")
     ttl_s: int = Field(default=86_400, ge=1, description="expiry of forecast keys")
     stream_maxlen: int = Field(default=2_000, ge=1, description="approximate cap of the forecast stream")
 

@@ -195,15 +195,15 @@ class EmbeddedRedis(_Server):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _command(self) -> list[str]:
-        return [
-            str(find_redis_server()),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.workdir),
-            "--daemonize", "no",
-        ]  # fmt: skip
+        options = {
+            "--port": str(self.port),
+            "--bind": "127.0.0.1",
+            "--save": "",
+            "--appendonly": "no",
+            "--dir": str(self.workdir),
+            "--daemonize": "no",
+        }
+        return [str(find_redis_server()), *(part for pair in options.items() for part in pair)]
 
     def _ready(self) -> bool:
         import redis

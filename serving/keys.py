@@ -2,8 +2,8 @@
 the writer (`serving.sink`) both go through `Keys`.
 
 Every key starts with `<prefix>:{<network>}:` — the braces are a Redis Cluster hash tag, so one network's
-keys live in one slot and the per-step write can be one atomic script. With the defaults (`sc`, network
-`sim`):
+keys (and its notification channel) live in one slot and the per-step write can be one atomic script; the
+prefix and the network name may not contain braces themselves. With the defaults (`sc`, network `sim`):
 
 | key | type | content |
 |---|---|---|
@@ -11,7 +11,7 @@ keys live in one slot and the per-step write can be one atomic script. With the 
 | `sc:{sim}:latest:meta` | hash | `step_ts`, `model_version`, `issued_ms`, `horizon`, `n_sensors` of the newest step in `latest` |
 | `sc:{sim}:forecasts` | stream | one entry per (model version, step): `step_ts`, `model_version`, `issued_ms`, `shape` ("H,N,F"), `dtype` ("float32le"), `values` (raw little-endian float32, C order `[H, N, F]`); capped by `stream_maxlen` |
 | `sc:{sim}:done:<model_version>` | sorted set | member = score = step_ts of every step this version has forecast (the idempotency record) |
-| `sc:{sim}:steps` | pub/sub channel | JSON `{"step_ts", "model_version", "stream_id"}` after each step's write |
+| `sc:{sim}:steps` | pub/sub channel | JSON `{"step_ts", "model_version", "stream_id"}` after each step's write; sharded pub/sub (`SSUBSCRIBE`) on a Redis Cluster |
 | `sc:{sim}:actuals` | stream | one entry per sealed step: `step_ts`, `shape` ("N,F"), `values` (float32le `[N, F]`, last-observation filled), `mask` (uint8 `[N, F]`); capped by `stream_maxlen` |
 | `sc:{sim}:online:<model_version>` | string | JSON all-time online scores of a version: `{"mae": [H], "rmse": [H], "mape": [H], "n": [H], "last_step"}` |
 | `sc:{sim}:online:rolling` | string | JSON rolling scores of the serving model over the last steps: `{"mae": [H], "rmse": [H], "n": [H], "steps", "model_version", "step_ts"}` |
@@ -21,8 +21,9 @@ keys live in one slot and the per-step write can be one atomic script. With the 
 | `sc:{sim}:sensors` | string | JSON list of sensor ids in network order (the N axis of `values`) |
 
 Everything but `events` expires after `ttl_s` (refreshed on each write; `sensors` with each health
-update), the streams are capped, and the idempotency record is trimmed to the TTL window. Plain redis-cli: `HGET 'sc:{sim}:latest' s0001`,
-`XREVRANGE 'sc:{sim}:forecasts' + - COUNT 1`, `SUBSCRIBE 'sc:{sim}:steps'`.
+update), the streams are capped, and the idempotency record is trimmed to the TTL window. Plain redis-cli
+(`redis-cli -c` on a cluster): `HGET 'sc:{sim}:latest' s0001`, `XREVRANGE 'sc:{sim}:forecasts' + - COUNT 1`,
+`SUBSCRIBE 'sc:{sim}:steps'` (`SSUBSCRIBE` on a cluster, at a node of the slot's shard).
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ from dataclasses import dataclass
 class Keys:
     prefix: str
     network: str
+
+    def __post_init__(self) -> None:
+        if any(c in self.prefix + self.network for c in "{}"):
+            raise ValueError(
+                f"key prefix {self.prefix!r} and network name {self.network!r} may not contain braces: "
+                "they would change the Redis Cluster hash tag that keeps a network's keys in one slot"
+            )
 
     @property
     def base(self) -> str:

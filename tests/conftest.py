@@ -16,6 +16,7 @@ import pytest
 
 from serving.config import Settings
 from serving.embedded import EmbeddedRuntime
+from tests.redis_cluster import redis_cluster  # noqa: F401
 from tests.s3 import moto_s3  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

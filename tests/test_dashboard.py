@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, settings
 from typer.testing import CliRunner
 
 from serving.cli import app as cli
+from serving.config import RedisSettings
 from serving.dashboard.app import create_app, start_in_thread
 from serving.dashboard.layout import force_layout, positions
 from serving.embedded import EmbeddedRuntime
@@ -52,6 +53,10 @@ class Seeded:
     values: np.ndarray  # [T, N] speed as written (float32)
     present: np.ndarray  # [T, N] bool
     forecasts: dict[int, tuple[str, np.ndarray]]  # step_ts -> (version, [H, N, 1])
+
+    @property
+    def redis(self) -> RedisSettings:
+        return RedisSettings(url=self.url, key_prefix=self.prefix)
 
 
 def _forecast(values: np.ndarray) -> np.ndarray:
@@ -103,7 +108,7 @@ def seeded(embedded: EmbeddedRuntime) -> Seeded:
 
 @pytest.fixture(scope="module")
 def app(seeded: Seeded) -> FastAPI:
-    return create_app(seeded.url, seeded.network, prefix=seeded.prefix)
+    return create_app(seeded.redis, seeded.network)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +206,7 @@ def test_models_view_reads_the_registry(seeded: Seeded, tmp_path: Path) -> None:
     reg.register(_persistence(tmp_path / "b.pt", seeded.network, 2.5), reason="retrained")
     reg.promote("v0002", reason="val MAE 2.5 < 3.0")
     reg.register(_persistence(tmp_path / "c.pt", seeded.network, float("nan")), reason="retrained on drift")
-    app = create_app(seeded.url, seeded.network, prefix=seeded.prefix, registry=tmp_path / "registry")
+    app = create_app(seeded.redis, seeded.network, registry=tmp_path / "registry")
     with TestClient(app) as client:
         models = client.get("/api/models").json()
     assert models["configured"] and models["champion"] == "v0002"
@@ -226,7 +231,7 @@ def test_force_layout_places_neighbours_closer_than_strangers() -> None:
 
 def test_live_stream_relays_each_forecast_step(seeded: Seeded) -> None:
     """A real uvicorn server: `/api/live` says hello, sends health, and relays a step written after it."""
-    dash = start_in_thread(seeded.url, seeded.network, seeded.prefix, port=0)
+    dash = start_in_thread(seeded.redis, seeded.network, port=0)
     seen: list[str] = []
     try:
         with httpx.stream("GET", dash.url + "api/live", timeout=10) as response:

@@ -96,9 +96,7 @@ def test_browser_sees_live_forecasts_and_selects_a_sensor(
     ]
     for t in threads:
         t.start()
-    dash = start_in_thread(
-        s.redis.url.get_secret_value(), network, s.redis.key_prefix, port=0, registry=tmp_path / "registry"
-    )
+    dash = start_in_thread(s.redis, network, port=0, registry=tmp_path / "registry")
     try:
         wait_for(lambda: pipeline.steps_forecast > 0, timeout_s=120, what="a first forecast step in Redis")
         with sync_api.sync_playwright() as p:

@@ -38,11 +38,4 @@ def dashboard(
         )
     network = Network.load(settings.network_file) if settings.network_file else simulated_network(sensors)
     Console().print(f"dashboard for {network.name} ({network.n_sensors} sensors) on http://{host}:{port}/")
-    serve(
-        settings.redis.url.get_secret_value(),
-        network,
-        settings.redis.key_prefix,
-        host=host,
-        port=port,
-        registry=registry,
-    )
+    serve(settings.redis, network, host=host, port=port, registry=registry)

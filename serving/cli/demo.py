@@ -103,9 +103,7 @@ def demo(
         if dashboard:
             from serving.dashboard.app import start_in_thread
 
-            redis_url_ = settings.redis.url.get_secret_value()
-            registry = data_dir / "registry"
-            url = start_in_thread(redis_url_, network, settings.redis.key_prefix, registry=registry).url
+            url = start_in_thread(settings.redis, network, registry=data_dir / "registry").url
             console.print(f"dashboard: [bold]{url}[/bold]")
         producer = threading.Thread(target=produce, name="simulator", daemon=True)
         settle_heap()

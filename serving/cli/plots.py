@@ -171,9 +171,8 @@ ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings
 def _reader(
     redis_url: str | None, network_file: Path | None, sensors: int, config: Path | None, network: Any = None
 ) -> Any:
-    import redis
-
     from serving.dashboard.reader import DashboardReader
+    from serving.sink import connect
     from stream.network import Network
     from stream.simulate import simulated_network
 
@@ -182,8 +181,7 @@ def _reader(
         raise typer.BadParameter("plots read an existing Redis: pass --redis-url redis://HOST:PORT/0")
     if network is None:
         network = Network.load(settings.network_file) if settings.network_file else simulated_network(sensors)
-    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
-    return DashboardReader(client, network, prefix=settings.redis.key_prefix)
+    return DashboardReader(connect(settings.redis), network, prefix=settings.redis.key_prefix)
 
 
 @plot_app.command("forecast")

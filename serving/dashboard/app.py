@@ -18,14 +18,17 @@ from pathlib import Path
 
 import orjson
 import redis
-import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from redis.exceptions import RedisClusterException
 
+from serving.client import AsyncNotifications
+from serving.config import RedisSettings
 from serving.dashboard.api import router
 from serving.dashboard.reader import DashboardReader
+from serving.sink import connect, connect_async, redis_address, redis_target
 from stream.network import Network
 
 STATIC = Path(__file__).parent / "static"
@@ -33,10 +36,9 @@ HEALTH_EVERY_S = 2.0
 log = logging.getLogger(__name__)
 
 
-def create_app(
-    redis_url: str, network: Network, *, prefix: str = "sc", registry: Path | None = None
-) -> FastAPI:
-    """The ASGI app for one network's keys in the Redis at `redis_url`. Connects lazily, per request."""
+def create_app(settings: RedisSettings, network: Network, *, registry: Path | None = None) -> FastAPI:
+    """The ASGI app for one network's keys in the configured Redis (a server or a cluster). Connects at once,
+    so a wrong setting is a one-line `RedisStartError` here; a Redis lost later answers 503 per request."""
     app = FastAPI(
         title="sensorcast dashboard",
         version="1",
@@ -45,20 +47,15 @@ def create_app(
         "announces each new forecast step.",
     )
     app.state.reader = DashboardReader(
-        redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5),
-        network,
-        prefix=prefix,
-        registry=registry,
+        connect(settings), network, prefix=settings.key_prefix, registry=registry
     )
-    app.state.redis_url = redis_url
+    at = redis_address(redis_target(settings)[0])
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": f"Redis unavailable at {redis_url.split('@')[-1]}: {exc}"}, status_code=503
-        )
+        return JSONResponse({"detail": f"Redis unavailable at {at}: {exc}"}, status_code=503)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -67,7 +64,7 @@ def create_app(
     @app.get("/api/live", include_in_schema=False)
     async def live(request: Request) -> StreamingResponse:
         return StreamingResponse(
-            _live_events(request, redis_url, app.state.reader),
+            _live_events(request, settings, app.state.reader),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -79,27 +76,30 @@ def _sse(event: str, data: bytes) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
-async def _live_events(request: Request, redis_url: str, reader: DashboardReader) -> AsyncIterator[bytes]:
+async def _live_events(
+    request: Request, settings: RedisSettings, reader: DashboardReader
+) -> AsyncIterator[bytes]:
     """`step` per pub/sub notification; `health` every HEALTH_EVERY_S; ends when the browser goes away."""
-    client = aioredis.Redis.from_url(redis_url)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    client = connect_async(settings)
+    notes: AsyncNotifications | None = None
     try:
-        await pubsub.subscribe(reader.keys.channel)
+        notes = await AsyncNotifications.open(client, reader.keys.channel)
         yield b"retry: 2000\n" + _sse("hello", orjson.dumps({"channel": reader.keys.channel}))
         next_health = 0.0
         while not await request.is_disconnected():
-            msg = await pubsub.get_message(timeout=0.5)
-            if msg is not None and msg.get("type") == "message":
-                yield _sse("step", msg["data"])
+            note = await notes.get(0.5)
+            if note is not None:
+                yield _sse("step", orjson.dumps(note))
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + HEALTH_EVERY_S
                 health = await asyncio.to_thread(reader.health)
                 yield _sse("health", orjson.dumps(health))
-    except (redis.RedisError, OSError) as exc:
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
         yield _sse("error", orjson.dumps({"detail": f"Redis unavailable: {exc}"}))
     finally:
         with contextlib.suppress(Exception):
-            await pubsub.aclose()
+            if notes is not None:
+                await notes.aclose()
             await client.aclose()
 
 
@@ -133,9 +133,8 @@ def _config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
 
 
 def start_in_thread(
-    redis_url: str,
+    settings: RedisSettings,
     network: Network,
-    prefix: str = "sc",
     port: int = 8765,
     *,
     host: str = "127.0.0.1",
@@ -143,7 +142,7 @@ def start_in_thread(
     timeout_s: float = 15.0,
 ) -> RunningDashboard:
     """Serve the dashboard in a background thread; a taken `port` falls back to a free one. Returns its URL."""
-    app = create_app(redis_url, network, prefix=prefix, registry=registry)
+    app = create_app(settings, network, registry=registry)
     server = uvicorn.Server(_config(app, host, port if port and _free(host, port) else 0))
     thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
     thread.start()
@@ -157,15 +156,12 @@ def start_in_thread(
 
 
 def serve(
-    redis_url: str,
+    settings: RedisSettings,
     network: Network,
-    prefix: str = "sc",
     *,
     host: str = "127.0.0.1",
     port: int = 8765,
     registry: Path | None = None,
 ) -> None:
     """Serve the dashboard until interrupted."""
-    uvicorn.Server(
-        _config(create_app(redis_url, network, prefix=prefix, registry=registry), host, port)
-    ).run()
+    uvicorn.Server(_config(create_app(settings, network, registry=registry), host, port)).run()

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-import redis
 
 from serving.client import ForecastClient, StepSnapshot
 from serving.dashboard.layout import positions
+from serving.sink import Client
 from stream.config import StorageSettings
 from stream.network import Network
 from stream.storage import Location, StorageError
@@ -58,7 +58,7 @@ class DashboardReader:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         network: Network,
         *,
         prefix: str = "sc",
@@ -314,8 +314,14 @@ class DashboardReader:
             history = reg.history()
             records = reg.list()
         except StorageError as exc:  # shown on the page; the rest of the dashboard goes on
-            return {"configured": True, "message": f"cannot read the registry: {exc}", "root": root,
-                    "champion": None, "versions": [], "history": []}  # fmt: skip
+            return {
+                "configured": True,
+                "message": f"cannot read the registry: {exc}",
+                "root": root,
+                "champion": None,
+                "versions": [],
+                "history": [],
+            }
         promoted = {h["version"] for h in history}
         versions = []
         for r in reversed(records):  # newest first

@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import redis
 
 from serving.config import RedisSettings, Settings
 from serving.keys import Keys
@@ -73,17 +74,20 @@ def test_secrets_absent_from_failing_connections(caplog: pytest.LogCaptureFixtur
     with pytest.raises(Exception) as kafka_exc:
         ensure_topics(s.kafka, {"t": 1})
     texts += [str(kafka_exc.value), repr(kafka_exc.value)]
-    client = connect(s.redis)
+    with pytest.raises(Exception) as redis_exc:
+        connect(s.redis)  # checked at start: the closed port is a one-line error
+    texts += [str(redis_exc.value), repr(redis_exc.value), repr(redis_exc.value.__cause__)]
+    client = redis.Redis.from_url(s.redis.url.get_secret_value(), **s.redis.client_options())
     sink = RedisSink(
         client, Keys("sc", "sec"), sensors=("a",), features=("x",), step_ms=60_000, retry_deadline_s=0.5
     )
-    with pytest.raises(Exception) as redis_exc:
-        sink.publish_network()
-    texts += [str(redis_exc.value), repr(redis_exc.value), repr(redis_exc.value.__cause__), repr(client)]
+    with pytest.raises(Exception) as write_exc:
+        sink.publish_network()  # and while serving, once the retries run out
+    texts += [str(write_exc.value), repr(write_exc.value), repr(write_exc.value.__cause__), repr(client)]
     texts += [r.getMessage() + repr(r.__dict__) for r in caplog.records]
-    assert (
-        "no Kafka broker" in texts[0] and "Redis unreachable" in texts[2]
-    )  # the errors still say what failed
+    assert (  # the errors still say what failed
+        "no Kafka broker" in texts[0] and "Redis unreachable" in texts[2] and "Redis unreachable" in texts[5]
+    )
     _clean("\n".join(texts))
 
 

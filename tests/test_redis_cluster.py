@@ -1,0 +1,390 @@
+"""Redis Cluster against a real one (`tests/redis_cluster.py`: three masters, three replicas on loopback):
+a network's keys share one slot; the sink's script, its pipelines, the sharded notifications, the clients
+and the dashboard's reads work there; a manual failover of the master serving the network's slot mid-stream
+loses and doubles no step, through the sink alone and through the whole serving pipeline; and the start
+errors (unreachable, wrong password, the other cluster mode) are one line naming the setting.
+
+The failover scenarios measure first (failover time, the longest time without a forecast written, steps
+written while the slot moved, retries, notifications missed), write that to `failover-*.json` in the
+test's temporary folder and the log, then assert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from serving.client import AsyncForecastClient, AsyncNotifications, ForecastClient, Notifications
+from serving.config import RedisSettings, Settings
+from serving.dashboard.reader import DashboardReader
+from serving.embedded import EmbeddedRuntime
+from serving.forecaster import ModelSpec
+from serving.keys import Keys
+from serving.pipeline import ServePipeline
+from serving.sink import RedisSink, RedisStartError, StepForecast, connect
+from stream.kafka_io import ReadingProducer, ensure_topics
+from stream.network import Feature, Network
+from stream.simulate import Simulator, simulated_network
+from tests.conftest import settings_for, wait_for
+from tests.redis_cluster import LocalCluster, standalone
+
+log = logging.getLogger(__name__)
+
+STEP = 60_000
+T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC
+H = 3
+
+
+def _names() -> tuple[str, str]:
+    tag = uuid.uuid4().hex[:10]
+    return f"t{tag}", f"net{tag}"
+
+
+def _cluster_settings(cluster: LocalCluster, prefix: str) -> RedisSettings:
+    return RedisSettings(url=cluster.url, cluster=True, key_prefix=prefix)
+
+
+def _forecast(i: int, n: int) -> np.ndarray:
+    return np.full((H, n, 1), float(i), dtype=np.float32)  # [H, N, 1]
+
+
+def test_every_key_and_the_channel_of_a_network_share_one_slot() -> None:
+    keys = Keys("sc", "sim")
+    named = [getattr(keys, name) for name, v in vars(Keys).items() if isinstance(v, property)]
+    named += [keys.done("v1"), keys.online("v1"), keys.done("baseline-persistence")]
+    assert len(named) >= 13, named  # every property of Keys, the channel included
+    assert {key_slot(k.encode()) for k in named} == {key_slot(b"sim")}
+    for bad in (("sc", "a}b"), ("s{c", "sim")):
+        with pytest.raises(ValueError, match="hash tag"):
+            Keys(*bad)
+
+
+def test_sink_pipelines_notifications_and_readers_on_a_cluster(redis_cluster: LocalCluster) -> None:
+    prefix, name = _names()
+    sensors = ("a", "b", "c")
+    client = connect(_cluster_settings(redis_cluster, prefix))
+    assert isinstance(client, RedisCluster)
+    keys = Keys(prefix, name)
+    sink = RedisSink(client, keys, sensors=sensors, features=("speed",), step_ms=STEP)
+    sink.publish_network()
+    reader = ForecastClient.from_url(redis_cluster.url.replace("redis://", "redis+cluster://"), name, prefix)
+    assert isinstance(reader.redis, RedisCluster)
+    with Notifications(reader.redis, keys.channel) as notes:
+        assert sink.write(StepForecast(T0, "v1", _forecast(1, 3), 11))  # the script, on the slot's master
+        assert not sink.write(StepForecast(T0, "v1", _forecast(1, 3), 12))  # a replay writes nothing
+        note = notes.get(5.0)
+    assert note is not None and note["step_ts"] == T0 and note["model_version"] == "v1"
+    values, mask = np.ones((3, 1), np.float32), np.ones((3, 1), bool)
+    sink.write_actuals([(T0, values, mask), (T0 + STEP, values, mask)])  # pipelines, one slot
+    scores = {"mae": [1.0] * H, "rmse": [1.0] * H, "mape": [0.1] * H, "n": [3] * H}
+    sink.write_online(T0, {"v1": scores}, {**scores, "model_version": "v1", "steps": 1}, 1.0)
+    sink.write_health({"watermark": T0, "lag": {0: 1}, "ledger": {"received": 3}})
+    sink.add_event("serving", "v1", {"spec": "test"})
+
+    assert reader.sensors() == list(sensors)
+    assert set(reader.latest()) == set(sensors) and reader.latest(["b"])["b"].forecast.shape == (H, 1)
+    assert reader.latest_step()["step_ts"] == str(T0)
+    snap = reader.snapshot(T0)
+    assert snap is not None and snap.values.shape == (H, 3, 1) and len(reader.snapshots()) == 1
+    network = Network.simple(name, list(sensors), [Feature("speed", "mph", 0, 100)], step_ms=STEP)
+    dash = DashboardReader(client, network, prefix=prefix)
+    assert dash.online()["versions"] and dash.events() and dash.health()["available"]
+    # every key written lives in the network's one slot, on the node serving it
+    written = [keys.sensors, keys.latest, keys.latest_meta, keys.stream, keys.done("v1"), keys.actuals]
+    written += [keys.online("v1"), keys.online_rolling, keys.online_history, keys.health, keys.events]
+    with redis_cluster.master_of(keys.stream).client() as direct:
+        assert direct.exists(*written) == len(written)
+
+    async def asynchronous() -> tuple[Any, Any]:
+        aclient = AsyncForecastClient.from_url(redis_cluster.url, name, prefix, cluster=True)
+        try:
+            latest = await aclient.latest(["a", "c"])
+            notes = await AsyncNotifications.open(aclient.redis, keys.channel)
+            sink.write(StepForecast(T0 + STEP, "v1", _forecast(2, 3), 13))
+            note = await notes.get(5.0)
+            await notes.aclose()
+            return latest, note
+        finally:
+            await aclient.redis.aclose()
+
+    latest, note = asyncio.run(asynchronous())
+    assert set(latest) == {"a", "c"} and note is not None and note["step_ts"] == T0 + STEP
+
+
+@dataclass
+class Failover:
+    """What a failover scenario observed, recorded before anything is asserted."""
+
+    scenario: str
+    steps: int  # steps served
+    missing: int  # steps absent from the network's forecast stream
+    doubled: int  # entries beyond one per step
+    failover_s: float  # CLUSTER FAILOVER sent → every node names the new master, the old one in sync
+    longest_gap_s: float  # longest time without a forecast written, around the failover
+    typical_gap_s: float  # the median time between forecasts written, for comparison
+    steps_during_failover: int  # forecasts written while the slot moved
+    sink_retries: int  # the sink's own retries (redis-py follows MOVED itself)
+    notes_received: int  # notifications a subscriber got
+    notes_after_failover: int
+    resubscribed: int  # times the subscriber followed the slot to its new master
+    old_master: int
+    new_master: int
+
+    def record(self, folder: Path) -> None:
+        doc = asdict(self)
+        (folder / f"failover-{self.scenario}.json").write_text(json.dumps(doc, indent=1))
+        log.warning("redis cluster failover observed: %s", doc)
+
+
+class Listener:
+    """Collects the network's notifications in a thread, each with the time it arrived."""
+
+    def __init__(self, client: Any, channel: str) -> None:
+        self.notes = Notifications(client, channel)
+        self.got: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            note = self.notes.get(0.2)
+            if note is not None:
+                self.got.append((time.monotonic(), int(note["step_ts"])))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.notes.close()
+
+
+def _stream_steps(client: Any, keys: Keys) -> list[int]:
+    return [int(f[b"step_ts"]) for _, f in client.xrange(keys.stream)]
+
+
+def _gaps(times: list[float], t0: float, t1: float) -> tuple[float, float]:
+    """The longest interval between consecutive writes that overlaps [t0, t1], and the median of all."""
+    pairs = list(itertools.pairwise(times))
+    around = [b - a for a, b in pairs if b >= t0 and a <= t1]
+    return round(max(around, default=0.0), 3), round(float(np.median([b - a for a, b in pairs])), 3)
+
+
+def test_sink_loses_and_doubles_no_step_when_the_slot_fails_over(
+    redis_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    prefix, name = _names()
+    n_steps, fail_at = 150, 40
+    keys = Keys(prefix, name)
+    sink = RedisSink(
+        connect(_cluster_settings(redis_cluster, prefix)),
+        keys,
+        sensors=("a", "b"),
+        features=("x",),
+        step_ms=STEP,
+    )
+    listener = Listener(connect(_cluster_settings(redis_cluster, prefix)), keys.channel)
+    written: list[float] = []
+    errors: list[BaseException] = []
+    reached = threading.Event()
+
+    def writer() -> None:
+        try:
+            for i in range(n_steps):
+                sink.write(StepForecast(T0 + i * STEP, "v1", _forecast(i, 2), i))
+                written.append(time.monotonic())
+                if i == fail_at:
+                    reached.set()
+                time.sleep(0.01)
+        except BaseException as exc:
+            errors.append(exc)
+            reached.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        assert reached.wait(30), "the writer never reached the failover point"
+        t0 = time.monotonic()
+        old, new = redis_cluster.failover(keys.stream)
+        t1 = time.monotonic()
+        thread.join(60)
+        last = T0 + (n_steps - 1) * STEP
+        wait_for(
+            lambda: any(st == last for _, st in listener.got),
+            timeout_s=10,
+            what="the last step's notification",
+        )
+    finally:
+        listener.stop()
+    got = _stream_steps(sink.client, keys)
+    want = [T0 + i * STEP for i in range(n_steps)]
+    longest, typical = _gaps(written, t0, t1)
+    seen = Failover(
+        scenario="sink",
+        steps=n_steps,
+        missing=len(set(want) - set(got)),
+        doubled=len(got) - len(set(got)),
+        failover_s=round(t1 - t0, 3),
+        longest_gap_s=longest,
+        typical_gap_s=typical,
+        steps_during_failover=sum(t0 <= t <= t1 for t in written),
+        sink_retries=sink.retries,
+        notes_received=len(listener.got),
+        notes_after_failover=sum(t > t1 for t, _ in listener.got),
+        resubscribed=listener.notes.resubscribed,
+        old_master=old.port,
+        new_master=new.port,
+    )
+    seen.record(tmp_path)
+    assert not errors and not thread.is_alive(), errors
+    assert got == want, f"missing {sorted(set(want) - set(got))[:10]}, doubled {seen.doubled}"
+    assert redis_cluster.master_of(keys.stream).port == new.port != old.port
+    assert seen.notes_after_failover > 0, "no notification after the failover: the subscriber was lost"
+    assert seen.longest_gap_s < 10, seen
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_pipeline_serves_through_a_failover_of_the_networks_slot(
+    redis_cluster: LocalCluster, embedded: EmbeddedRuntime, tmp_path: Path
+) -> None:
+    s: Settings = settings_for(embedded, tmp_path)
+    prefix, name = _names()
+    s.redis = _cluster_settings(redis_cluster, prefix)
+    s.kafka.max_poll_records = 4  # many small cycles, so the failover lands mid-stream
+    network = simulated_network(12, name=name, step_ms=STEP)
+    ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
+    sim, n_steps, fail_after = Simulator(network, seed=2), 60, 15
+    keys = Keys(prefix, name)
+    stop, errors = threading.Event(), []
+    marks: list[tuple[float, int]] = []  # (time, steps forecast) after each serving cycle
+    with ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id=name).start() as running:
+        listener = Listener(connect(s.redis), keys.channel)
+
+        def serve() -> None:
+            try:
+                while not stop.is_set():
+                    running.poll_once(100)
+                    marks.append((time.monotonic(), running.steps_forecast))
+            except BaseException as exc:
+                errors.append(exc)
+
+        loop = threading.Thread(target=serve, daemon=True)
+        loop.start()
+        try:
+            with ReadingProducer(s.kafka, network) as producer:
+                for i in range(n_steps):
+                    producer.send_step(T0 + i * STEP, *sim.step(T0 + i * STEP))
+                    producer.flush(10)
+                    if i == fail_after:
+                        wait_for(
+                            lambda: running.steps_forecast > 5 or errors,
+                            timeout_s=60,
+                            what="the first forecasts",
+                        )
+                        t0 = time.monotonic()
+                        old, new = redis_cluster.failover(keys.stream)
+                        t1 = time.monotonic()
+                    time.sleep(0.05)
+            last = T0 + (n_steps - 2) * STEP  # the newest sealed step once the last one's readings are in
+            wait_for(
+                lambda: any(st == last for _, st in listener.got) or errors,
+                timeout_s=60,
+                what="the notification of the last sealed step",
+            )
+        finally:
+            stop.set()
+            loop.join(30)
+            listener.stop()
+        got = _stream_steps(running.redis, keys)
+        retries = running.sink.retries
+    window = s.window.window
+    want = [T0 + i * STEP for i in range(window - 1, n_steps - 1)]
+    written = [t for (_, before), (t, n) in itertools.pairwise(marks) if n > before]
+    longest, typical = _gaps(written, t0, t1)
+    seen = Failover(
+        scenario="pipeline",
+        steps=len(want),
+        missing=len(set(want) - set(got)),
+        doubled=len(got) - len(set(got)),
+        failover_s=round(t1 - t0, 3),
+        longest_gap_s=longest,
+        typical_gap_s=typical,
+        steps_during_failover=sum(t0 <= t <= t1 for t in written),
+        sink_retries=retries,
+        notes_received=len(listener.got),
+        notes_after_failover=sum(t > t1 for t, _ in listener.got),
+        resubscribed=listener.notes.resubscribed,
+        old_master=old.port,
+        new_master=new.port,
+    )
+    seen.record(tmp_path)
+    assert not errors, errors
+    assert got == want, f"missing {sorted(set(want) - set(got))[:10]}, doubled {seen.doubled}"
+    assert seen.notes_after_failover > 0 and seen.longest_gap_s < 10, seen
+
+
+def _one_line(exc: pytest.ExceptionInfo[RedisStartError], *words: str) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and all(w in text for w in words), text
+    return text
+
+
+def test_start_errors_are_one_line_naming_the_setting(
+    redis_cluster: LocalCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    closed = standalone(tmp_path)
+    closed.stop()
+    with pytest.raises(RedisStartError) as exc:
+        connect(RedisSettings(url=f"redis://127.0.0.1:{closed.port}/0"))
+    _one_line(exc, "unreachable", f"127.0.0.1:{closed.port}", "redis.url")
+
+    guarded = standalone(tmp_path, "--requirepass", "right-Secret")
+    try:
+        with pytest.raises(RedisStartError) as exc:
+            connect(RedisSettings(url=f"redis://:wrong-Secret@127.0.0.1:{guarded.port}/0"))
+        text = _one_line(exc, "refused the credentials", "redis.url", "redis.password")
+        assert "wrong-Secret" not in text
+        with pytest.raises(RedisStartError) as exc:
+            connect(RedisSettings(url=f"redis://127.0.0.1:{guarded.port}/0"))
+        _one_line(exc, "requires a password and none is configured", "redis.url", "redis.password")
+        right = RedisSettings(url=f"redis://:right-Secret@127.0.0.1:{guarded.port}/0")
+        assert connect(right).ping()
+        with pytest.raises(RedisStartError) as exc:
+            connect(right.model_copy(update={"cluster": True}))
+        _one_line(exc, "not a cluster node", "SENSORCAST_REDIS__CLUSTER=false")
+    finally:
+        guarded.stop()
+
+    with pytest.raises(RedisStartError) as exc:
+        connect(RedisSettings(url=redis_cluster.url))
+    _one_line(exc, "is a Redis Cluster node", "SENSORCAST_REDIS__CLUSTER=true")
+    monkeypatch.setenv("SENSORCAST_REDIS__CLUSTER", "true")
+    monkeypatch.setenv("SENSORCAST_REDIS__URL", redis_cluster.url)
+    assert isinstance(connect(Settings().redis), RedisCluster)  # the variable the message names works
+
+    from serving.cli import main  # deferred: the whole CLI (torch included) only for this check
+
+    monkeypatch.delenv("SENSORCAST_REDIS__CLUSTER")  # and the CLI prints the error as one line
+    monkeypatch.setattr(sys, "argv", ["sensorcast", "forecasts", "--redis-url", redis_cluster.url])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    printed = capsys.readouterr().out.strip()
+    assert (
+        exit_.value.code == 2 and "RedisStartError" in printed and "SENSORCAST_REDIS__CLUSTER=true" in printed
+    )
