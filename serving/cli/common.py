@@ -68,7 +68,11 @@ def runtime(settings: Settings, *, need_kafka: bool = True, need_redis: bool = T
 
 @contextlib.contextmanager
 def ray_session(settings: Settings) -> Iterator[None]:
+    """Connect to the configured Ray cluster, or start a local one that dies with this process even when
+    it is killed (`serving.ray_local`); an existing cluster is only disconnected from, never stopped."""
     import ray
+
+    from serving.ray_local import Watchdog
 
     if ray.is_initialized():
         yield
@@ -76,10 +80,15 @@ def ray_session(settings: Settings) -> Iterator[None]:
     ray.init(
         address=settings.ray.address, include_dashboard=False, log_to_driver=False, configure_logging=False
     )
+    watchdog: Watchdog | None = None
     try:
+        if settings.ray.address is None:
+            watchdog = Watchdog.start()
         yield
     finally:
         ray.shutdown()
+        if watchdog is not None:
+            watchdog.close()
 
 
 def broker_settings(command: str, config: Path | None, bootstrap: str | None, log_level: str) -> Settings:
