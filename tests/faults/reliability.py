@@ -23,6 +23,7 @@ OUT_ENV = "SENSORCAST_RELIABILITY_OUT"
 # every scenario a full run records, in table order; one that is absent shows as "not recorded"
 SCENARIOS = (
     "ingest SIGKILL mid-stream + restart",
+    "serve SIGKILL mid-stream + restart",
     "forecaster actor killed",
     "broker paused 5 s",
     "broker paused 30 s",
