@@ -104,12 +104,9 @@ class Dispatcher:
         self.shipment, self.version = shipment, versions.pop()
         return self.version
 
-    def forecast(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> np.ndarray:
-        """values, mask: [B, window, N, F]; step_ts: [B, window] -> [B, H, N, out] by `self.version`."""
-        return self.collect(self.submit(values, mask, step_ts))
-
     def submit(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> Call:
-        """Start a forecast (a chunk per replica) without waiting; `collect()` it later, in any order."""
+        """Start a forecast of `values`, `mask` [B, window, N, F] and `step_ts` [B, window] (a chunk per
+        replica) without waiting; `collect()` it later, in any order."""
         b = values.shape[0]
         bounds = np.linspace(0, b, min(b, len(self.actors)) + 1).astype(int)
         chunks = [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(bounds) - 1)]
