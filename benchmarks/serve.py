@@ -31,7 +31,7 @@ import numpy as np
 from serving.config import Settings
 from serving.embedded import EmbeddedRuntime
 from serving.forecaster import ModelSpec
-from serving.pipeline import ServePipeline
+from serving.pipeline import RunningPipeline, ServePipeline
 from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.network import Network
 from stream.simulate import Simulator, simulated_network
@@ -67,8 +67,9 @@ def _stformer_checkpoint(network: Network, root: Path) -> str:
     import torch
 
     from training.checkpoint import Checkpoint, save_checkpoint
-    from training.model import PRESETS, STFormer, STFormerConfig
+    from training.model import PRESETS
     from training.scaler import StandardScaler
+    from training.stformer import STFormer, STFormerConfig
 
     torch.manual_seed(0)
     # The architecture of the committed Los-loop checkpoint: small preset, residual, road-graph bias.
@@ -87,7 +88,7 @@ def _frames(network: Network, steps: int) -> list[tuple[np.ndarray, np.ndarray]]
     return [sim.step(T0 + t * network.step_ms) for t in range(steps)]
 
 
-def live(pipe: ServePipeline, producer: ReadingProducer, frames: list[Any], first: int, steps: int,
+def live(pipe: RunningPipeline, producer: ReadingProducer, frames: list[Any], first: int, steps: int,
          rate: float, step_ms: int) -> np.ndarray:  # fmt: skip
     """Publish one step every 1/rate s from `first`; seal→Redis latency (ms) of each forecast step."""
     pipe.latencies_s.clear()
@@ -157,9 +158,9 @@ def run_case(
             live_steps=len(lat),
             p50_ms=float(np.percentile(lat, 50)) if len(lat) else None,
             p99_ms=float(np.percentile(lat, 99)) if len(lat) else None,
-            inference_ms_last=pipe.dispatcher.last_infer_ms if pipe.dispatcher else None,
-            device=pipe.dispatcher.devices()[0] if pipe.dispatcher else None,
-            node=pipe.dispatcher.infos()[0]["node"] if pipe.dispatcher else None,
+            inference_ms_last=pipe.dispatcher.last_infer_ms,
+            device=pipe.dispatcher.devices()[0],
+            node=pipe.dispatcher.infos()[0]["node"],
         )
     finally:
         pipe.close()

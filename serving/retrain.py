@@ -1,5 +1,5 @@
 """Continuous retraining beside serving: triggers, a Ray Train job on the archive, the champion/challenger
-gate, and the decision recorded in the registry. The hot swap itself is the pipeline's (between steps).
+gate, and the decision recorded in the registry. The hot swap itself is `serving.lifecycle`'s (between steps).
 
 Triggers: every `every_steps` sealed steps, every `interval_s` seconds, and on **drift** — the serving
 model's rolling online MAE above its reference (the rolling MAE when its window first filled) by
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.config import RetrainSettings
-from serving.forecaster import ModelSpec
+from serving.forecaster import ModelSpec, build_predictor
 from stream.archive import Archive
 from stream.config import StorageSettings
 from stream.datasets import SensorDataset, read_archive
@@ -90,8 +90,18 @@ def gate(challenger: Any, champion: Any, persistence: Any, holdout: SensorDatase
     return Decision(False, challenger.version, reason, figures)
 
 
+def archived_steps(archive: Archive, settings: RetrainSettings, step_ms: int) -> int:
+    """How many steps the archive already holds, up to what a job needs (a `Retrainer`'s starting count)."""
+    last = archive.last_step()
+    if last is None:
+        return 0
+    need = settings.min_steps + settings.holdout_steps
+    return len(archive.read(start_ms=last - need * step_ms)[0])
+
+
 class Retrainer:
-    """Owned by the serving pipeline: `on_step()` after each sealed step, `poll()` each cycle."""
+    """Owned by the model lifecycle: `on_steps(n, ...)` after each cycle's sealed steps, `poll()` each cycle.
+    Does no I/O until a job runs: `archived` is the archive's step count at start (`archived_steps`)."""
 
     def __init__(
         self,
@@ -103,6 +113,7 @@ class Retrainer:
         horizon: int,
         registry: Any,
         storage: StorageSettings,
+        archived: int = 0,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -112,7 +123,7 @@ class Retrainer:
         self.horizon = horizon
         self.registry = registry
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
-        self._job: Future[dict[str, Any]] | None = None
+        self._job: Future[Decision] | None = None
         self._steps_since = 0
         self._last_start = time.monotonic()
         self._drifting = 0
@@ -120,24 +131,21 @@ class Retrainer:
         self._backoff_until = 0.0
         self._failures = 0
         self.decisions: list[Decision] = []
-        last = archive.last_step()
-        if last is None:
-            self._archived = 0
-        else:  # how many steps the archive already holds, up to what a job needs
-            need = settings.min_steps + settings.holdout_steps
-            self._archived = len(archive.read(start_ms=last - need * network.step_ms)[0])
+        self._archived = archived
 
     # -- triggers ----------------------------------------------------------------------------------------
-    def on_step(self, version: str, rolling_mae: float, rolling_full: bool) -> str | None:
-        """Called after each sealed step with the serving model's rolling MAE; returns a trigger or None."""
+    def on_steps(self, n: int, version: str, rolling_mae: float, rolling_full: bool) -> str | None:
+        """Called after `n` newly sealed steps with the serving model's rolling MAE (the same for all `n`:
+        it is scored once per cycle); returns a trigger or None. A step counts towards the schedule, the
+        archive's size and the drift streak whichever trigger it ends up firing."""
         s = self.settings
-        self._steps_since += 1
-        self._archived += 1
+        self._steps_since += n
+        self._archived += n
         if rolling_full and math.isfinite(rolling_mae) and version not in self._reference:
             self._reference[version] = rolling_mae
         ref = self._reference.get(version)
         drifting = ref is not None and rolling_mae > ref * (1 + s.drift_margin)
-        self._drifting = self._drifting + 1 if drifting else 0
+        self._drifting = self._drifting + n if drifting else 0
         if self.busy or time.monotonic() < self._backoff_until:
             return None
         if self._archived < s.min_steps + s.holdout_steps:
@@ -159,9 +167,9 @@ class Retrainer:
         return self._reference.get(version)
 
     # -- the job -----------------------------------------------------------------------------------------
-    def launch(self, reason: str, champion_spec: ModelSpec, champion: Any) -> dict[str, Any]:
+    def launch(self, reason: str, champion_spec: ModelSpec) -> dict[str, Any]:
         """Start a training job + gate in the background on the recent archive; returns its description.
-        `champion` is the serving model as a local Predictor (the gate's reference)."""
+        `champion_spec` is the serving model: the gate's reference and the warm start."""
         s = self.settings
         last = self.archive.last_step()
         if last is None:
@@ -195,12 +203,17 @@ class Retrainer:
             config["init_checkpoint"] = champion_spec.ref
         self._steps_since = 0
         self._last_start = time.monotonic()
-        self._job = self._pool.submit(self._run, config, meta, champion)
+        self._job = self._pool.submit(self._run, config, meta, champion_spec)
         log.info("retraining started", extra=meta)
         return meta
 
-    def _run(self, config: dict[str, Any], meta: dict[str, Any], champion: Any) -> Decision:
-        return self._decide(self._train(config), champion, meta)
+    def _run(self, config: dict[str, Any], meta: dict[str, Any], champion_spec: ModelSpec) -> Decision:
+        summary = self._train(config)
+        # the champion as a local predictor, built here in the job's thread: the serving loop never waits
+        champion = build_predictor(
+            champion_spec, self.network, self.window, self.horizon, storage=self.storage
+        )
+        return self._decide(summary, champion, meta)
 
     def _train(self, config: dict[str, Any]) -> dict[str, Any]:
         from training.ray_train import train_with_ray

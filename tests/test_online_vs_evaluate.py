@@ -48,7 +48,6 @@ def test_los_loop_test_split_online_mae_equals_offline_evaluation(
     ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
     pipe = ServePipeline(s, ds.network, ModelSpec(str(CHECKPOINT)), client_id="los-loop").start()
     try:
-        assert pipe.dispatcher is not None
         if not torch.cuda.is_available():  # the served engine is ONNX Runtime; evaluation's is torch
             assert pipe.dispatcher.devices() == ["cpu (onnx)"] * s.ray.replicas
         with ReadingProducer(s.kafka, ds.network) as producer:

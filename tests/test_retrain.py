@@ -15,10 +15,13 @@ import orjson
 import pytest
 import redis
 
-from serving.config import Settings
+from serving.config import RetrainSettings, Settings
 from serving.forecaster import ModelSpec
 from serving.keys import Keys
-from serving.pipeline import ServePipeline
+from serving.pipeline import RunningPipeline, ServePipeline
+from serving.retrain import Retrainer
+from stream.archive import Archive
+from stream.config import StorageSettings
 from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.simulate import Simulator, SimulatorConfig, simulated_network
 from training.registry import Registry
@@ -74,7 +77,7 @@ def _events(s: Settings, net: str) -> list[dict[str, Any]]:
     return out
 
 
-def _run_until(pipe: ServePipeline, feed: Feed, cond: Any, timeout_s: float, what: str) -> None:
+def _run_until(pipe: RunningPipeline, feed: Feed, cond: Any, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         if feed.error:
@@ -104,6 +107,7 @@ def test_drift_triggers_retraining_and_promotion(
     network = simulated_network(8, name="drift", step_ms=STEP)
     ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
     pipe = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id="drift").start()
+    retrainer = pipe.lifecycle.retrainer
     feed = Feed(s, network, rate=20.0)
     feed.thread.start()
     reg = Registry(s.retrain.registry)
@@ -112,12 +116,12 @@ def test_drift_triggers_retraining_and_promotion(
         _run_until(
             pipe, feed, lambda: reg.champion().version != seed, 300, "the first promotion over the seed"
         )
-        pipe.retrainer.settings.every_steps = 0  # from here on only drift may trigger
+        retrainer.settings.every_steps = 0  # from here on only drift may trigger
         # a scheduled job already in flight may still promote: the regime switches under its result
-        _run_until(pipe, feed, lambda: not pipe.retrainer.busy, 300, "the scheduled job in flight")
+        _run_until(pipe, feed, lambda: not retrainer.busy, 300, "the scheduled job in flight")
         learned = reg.champion().version
-        _run_until(pipe, feed, lambda: pipe.retrainer.reference(learned) is not None, 120, "a reference MAE")
-        ref = pipe.retrainer.reference(learned)
+        _run_until(pipe, feed, lambda: retrainer.reference(learned) is not None, 120, "a reference MAE")
+        ref = retrainer.reference(learned)
         feed.sim.set_regime(1)
         switch_step = feed.sent
         _run_until(pipe, feed, lambda: any(e["type"] == "drift" for e in _events(s, "drift")), 200, "drift")
@@ -171,17 +175,18 @@ def test_worse_challenger_is_rejected_with_figures(fresh_settings: Settings, tmp
     network = simulated_network(6, name="worse", step_ms=STEP)
     ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
     pipe = ServePipeline(s, network, ModelSpec("baseline:persistence"), client_id="worse").start()
+    retrainer = pipe.lifecycle.retrainer
     feed = Feed(s, network, rate=30.0)
     feed.thread.start()
     reg = Registry(s.retrain.registry)
     try:
         seed = reg.champion().version
-        _run_until(pipe, feed, lambda: bool(pipe.retrainer.decisions), 240, "a gate decision")
+        _run_until(pipe, feed, lambda: bool(retrainer.decisions), 240, "a gate decision")
     finally:
         feed.stop.set()
         feed.thread.join(10)
         pipe.close()
-    decision = pipe.retrainer.decisions[0]
+    decision = retrainer.decisions[0]
     assert not decision.promoted
     assert reg.champion().version == seed and pipe.dispatcher.version == seed
     rejected = reg.show(decision.version)
@@ -212,3 +217,23 @@ def test_training_crash_leaves_serving_unaffected(fresh_settings: Settings, tmp_
     assert reg.champion().version == seed and len(reg.list()) == 1
     failed = [e for e in _events(s, "crash") if e["type"] == "retrain_failed"]
     assert "no-such-model" in failed[0]["detail"]
+
+
+def test_triggers_count_every_step_of_a_cycle(tmp_path: Path) -> None:
+    """`on_steps(n)`: a cycle's sealed steps count at once towards the archive's size, the schedule and the
+    drift streak (no Ray, no job: the triggers alone)."""
+    network = simulated_network(3, name="triggers", step_ms=STEP)
+    rs = RetrainSettings(min_steps=10, holdout_steps=5, every_steps=20, drift_margin=0.3, drift_patience=6)
+    archive = Archive(tmp_path / "archive", network)
+    r = Retrainer(
+        rs, archive, network, window=12, horizon=6, registry=None, storage=StorageSettings(), archived=10
+    )
+    try:
+        assert r.on_steps(4, "v1", 1.0, True) is None  # 14 steps archived, a job needs 15
+        assert r.reference("v1") == 1.0  # the rolling window was full: its MAE is the reference
+        assert r.on_steps(1, "v1", 1.0, True) is None  # enough archived; 5 steps since, no drift
+        assert r.on_steps(6, "v1", 1.5, True) == "drift"  # 6 drifting steps in one cycle: the patience
+        assert r.on_steps(9, "v1", 1.0, True) == "schedule"  # 20 steps since the start, drift over
+        assert r.on_steps(1, "v2", 9.0, False) == "schedule" and r.reference("v2") is None
+    finally:
+        r.close()

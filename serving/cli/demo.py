@@ -99,7 +99,7 @@ def demo(
                 sim_error.append(exc)
                 stop.set()
 
-        pipeline.start(serve_metrics=True)
+        running = pipeline.start(serve_metrics=True)
         if dashboard:
             from serving.dashboard.app import start_in_thread
 
@@ -108,16 +108,16 @@ def demo(
         producer = threading.Thread(target=produce, name="simulator", daemon=True)
         settle_heap()
         producer.start()
-        view = LiveView(console, pipeline, show=show, started=t_start)
+        view = LiveView(console, running, show=show, started=t_start)
         try:
             with view:
-                pipeline.run(duration_s=duration or None, stop=stop, on_cycle=view.update)
+                running.run(duration_s=duration or None, stop=stop, on_cycle=view.update)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]")
         finally:
             stop.set()
             producer.join(timeout=10)
-            pipeline.close()
+            running.close()
         if sim_error:
             raise sim_error[0]
         view.summary(extra={"embedded_rss_mb": _embedded_rss(), "driver_rss_mb": round(rss_mb(), 1)})

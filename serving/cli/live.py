@@ -16,7 +16,7 @@ from rich.table import Table
 from serving.client import ForecastClient
 
 if TYPE_CHECKING:
-    from serving.pipeline import ServePipeline
+    from serving.pipeline import RunningPipeline
 
 HORIZONS_SHOWN = (1, 3, 6, 12)
 
@@ -26,7 +26,7 @@ def _hhmm(ts_ms: int) -> str:
 
 
 class LiveView:
-    def __init__(self, console: Console, pipeline: ServePipeline, *, show: int, started: float) -> None:
+    def __init__(self, console: Console, pipeline: RunningPipeline, *, show: int, started: float) -> None:
         self.console = console
         self.pipeline = pipeline
         self.show = show
@@ -34,13 +34,9 @@ class LiveView:
         self.first_forecast_s: float | None = None
         self._next = 0.0
         self._live: Live | None = None
-        self.client: ForecastClient | None = None
+        self.client = ForecastClient(pipeline.redis, pipeline.network.name, pipeline.keys.prefix)
 
     def __enter__(self) -> LiveView:
-        assert self.pipeline.redis is not None
-        self.client = ForecastClient(
-            self.pipeline.redis, self.pipeline.network.name, self.pipeline.keys.prefix
-        )
         self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
         self._live.__enter__()
         return self
@@ -67,7 +63,7 @@ class LiveView:
         table.add_column("model")
         for h in HORIZONS_SHOWN:
             table.add_column(f"+{h * net.step_ms // 60_000} min", justify="right")
-        latest = self.client.latest(sensors) if self.client else {}
+        latest = self.client.latest(sensors)
         for s in sensors:
             fc = latest.get(s)
             if fc is None:
@@ -81,7 +77,7 @@ class LiveView:
 
     def _health(self) -> Table:
         p = self.pipeline
-        tot = p.ingestor.ledger.snapshot()["total"] if p.ingestor else {}
+        tot = p.ingestor.ledger.snapshot()["total"]
         hist = p.metrics.seal_to_redis_seconds.collect()[0].samples
         count = next((s.value for s in hist if s.name.endswith("_count")), 0.0)
         total = next((s.value for s in hist if s.name.endswith("_sum")), 0.0)
@@ -106,12 +102,12 @@ class LiveView:
         return t
 
     def _redis_cli_args(self) -> str:
-        kw = self.pipeline.redis.connection_pool.connection_kwargs if self.pipeline.redis else {}
+        kw = self.pipeline.redis.connection_pool.connection_kwargs
         return f"-h {kw.get('host', '127.0.0.1')} -p {kw.get('port', 6379)} -n {kw.get('db', 0)}"
 
     def summary(self, extra: dict[str, Any] | None = None) -> None:
         p = self.pipeline
-        snap = p.ingestor.ledger.snapshot()["total"] if p.ingestor else {}
+        snap = p.ingestor.ledger.snapshot()["total"]
         self.console.print()
         self.console.print(
             f"[bold]done[/bold]: {p.steps_forecast} steps forecast; first forecast in Redis after "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -258,15 +259,11 @@ def serve(
         settings = settings.model_copy(update={"network_file": network_file})
     with runtime(settings) as settings, ray_session(settings):
         network = network_for(settings, sensors)
-        pipeline = ServePipeline(settings, network, ModelSpec(model)).start(serve_metrics=True)
-        settle_heap()
-        console.print(
-            f"serving {network.name} ({network.n_sensors} sensors) from {settings.kafka.bootstrap}, "
-            f"metrics on :{pipeline.metrics_port}"
-        )
-        try:
-            pipeline.run(duration_s=duration or None)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            pipeline.close()
+        with ServePipeline(settings, network, ModelSpec(model)).start(serve_metrics=True) as pipeline:
+            settle_heap()
+            console.print(
+                f"serving {network.name} ({network.n_sensors} sensors) from {settings.kafka.bootstrap}, "
+                f"metrics on :{pipeline.metrics_port}"
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                pipeline.run(duration_s=duration or None)

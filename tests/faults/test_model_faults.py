@@ -115,7 +115,7 @@ def test_registry_follower_refuses_spoiled_champion(
     ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
     sim = Simulator(network, seed=4)
     pipe = ServePipeline(s, network, ModelSpec(str(reg.root)), client_id="follow").start()
-    pipe.follower.follow_s = 0.0
+    pipe.lifecycle.follower.follow_s = 0.0
     serving_after: dict[str, str] = {}  # spoiled kind -> the version serving once 4 more steps were forecast
     kinds = ("tampered", "truncated", "foreign")
     steps = 10 + 5 * len(kinds)

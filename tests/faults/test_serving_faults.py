@@ -28,7 +28,7 @@ from serving.config import Settings
 from serving.embedded import EmbeddedRuntime
 from serving.forecaster import ModelSpec
 from serving.keys import Keys
-from serving.pipeline import ServePipeline
+from serving.pipeline import RunningPipeline, ServePipeline
 from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.network import Network
 from stream.simulate import Simulator, simulated_network
@@ -89,7 +89,7 @@ class Observed:
 class Cycles:
     """The serving loop run in a thread: every `poll_once` timed, offset commits timed alongside."""
 
-    pipe: ServePipeline
+    pipe: RunningPipeline
     spans: list[tuple[float, float]] = field(default_factory=list)
     commits: list[tuple[float, float]] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
