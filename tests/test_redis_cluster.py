@@ -266,7 +266,7 @@ def test_pipeline_serves_through_a_failover_of_the_networks_slot(
     s.kafka.max_poll_records = 4  # many small cycles, so the failover lands mid-stream
     network = simulated_network(12, name=name, step_ms=STEP)
     ensure_topics(s.kafka, {s.kafka.readings_topic: s.kafka.partitions, s.kafka.dead_letter_topic: 1})
-    sim, n_steps, fail_after = Simulator(network, seed=2), 60, 15
+    sim, n_steps = Simulator(network, seed=2), 80
     keys = Keys(prefix, name)
     stop, errors = threading.Event(), []
     marks: list[tuple[float, int]] = []  # (time, steps forecast) after each serving cycle
@@ -281,23 +281,25 @@ def test_pipeline_serves_through_a_failover_of_the_networks_slot(
             except BaseException as exc:
                 errors.append(exc)
 
-        loop = threading.Thread(target=serve, daemon=True)
-        loop.start()
+        def feed() -> None:  # a step's readings every 50 ms, failover or not
+            try:
+                with ReadingProducer(s.kafka, network) as producer:
+                    for i in range(n_steps):
+                        producer.send_step(T0 + i * STEP, *sim.step(T0 + i * STEP))
+                        producer.flush(10)
+                        time.sleep(0.05)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (serve, feed)]
+        for thread in threads:
+            thread.start()
         try:
-            with ReadingProducer(s.kafka, network) as producer:
-                for i in range(n_steps):
-                    producer.send_step(T0 + i * STEP, *sim.step(T0 + i * STEP))
-                    producer.flush(10)
-                    if i == fail_after:
-                        wait_for(
-                            lambda: running.steps_forecast > 5 or errors,
-                            timeout_s=60,
-                            what="the first forecasts",
-                        )
-                        t0 = time.monotonic()
-                        old, new = redis_cluster.failover(keys.stream)
-                        t1 = time.monotonic()
-                    time.sleep(0.05)
+            wait_for(lambda: running.steps_forecast >= 10 or errors, timeout_s=60, what="the first forecasts")
+            t0 = time.monotonic()
+            old, new = redis_cluster.failover(keys.stream)
+            t1 = time.monotonic()
+            threads[1].join(60)
             last = T0 + (n_steps - 2) * STEP  # the newest sealed step once the last one's readings are in
             wait_for(
                 lambda: any(st == last for _, st in listener.got) or errors,
@@ -306,7 +308,8 @@ def test_pipeline_serves_through_a_failover_of_the_networks_slot(
             )
         finally:
             stop.set()
-            loop.join(30)
+            for thread in threads:
+                thread.join(30)
             listener.stop()
         got = _stream_steps(running.redis, keys)
         retries = running.sink.retries
