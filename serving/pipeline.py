@@ -88,6 +88,7 @@ class ServePipeline:
             step_ms=network.step_ms,
             ttl_s=s.redis.ttl_s,
             stream_maxlen=s.redis.stream_maxlen,
+            on_retry=metrics.redis_retries.inc,
         )
         sink.publish_network()
         online = OnlineEvaluator(

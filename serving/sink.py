@@ -211,6 +211,7 @@ class RedisSink:
         stream_maxlen: int = 2_000,
         retry_deadline_s: float = 120.0,
         now: Callable[[], int] = wall_ms,
+        on_retry: Callable[[], object] = lambda: None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -224,6 +225,7 @@ class RedisSink:
         self._script: Any = client.register_script(_WRITE_STEP)
         self._publish = "SPUBLISH" if isinstance(client, RedisCluster) else "PUBLISH"
         self.retries = 0
+        self.on_retry = on_retry  # e.g. the service's retry counter
 
     def publish_network(self) -> None:
         self._retrying(
@@ -347,6 +349,7 @@ class RedisSink:
                         "Kafka offsets not committed past them"
                     ) from exc
                 self.retries += 1
+                self.on_retry()
                 log.warning("redis unavailable, retrying", extra={"delay_s": delay, "error": str(exc)})
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -433,5 +433,7 @@ def test_redis_paused_sink_retries_and_holds_offsets(
     )
     assert not cycles.errors, cycles.errors
     assert retries > 0 and not moved_during, "offsets were committed past forecasts Redis never got"
+    exported = run.pipe.metrics.registry.get_sample_value("sensorcast_redis_retries_total")
+    assert exported == sink.retries, (exported, sink.retries)  # every retry shows on /metrics
     assert moved_after, "the offsets were not committed after Redis came back"
     seen.assert_exact()
