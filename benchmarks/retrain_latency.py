@@ -84,9 +84,15 @@ def main() -> None:
                 rs = RetrainSettings()  # a retraining job's defaults: threads, priority, workers
                 if args.workers is not None:
                     rs.workers = args.workers
-                config = {"dataset": str(root_data / "los-loop"), "out": str(Path(tmp) / "job.pt"),
-                          "model": "stformer", "epochs": 100, "time_budget_s": WARMUP_S + busy_s + 30,
-                          "threads": 1, "nice": args.nice if args.nice is not None else rs.nice}  # fmt: skip
+                config = {
+                    "dataset": str(root_data / "los-loop"),
+                    "out": str(Path(tmp) / "job.pt"),
+                    "model": "stformer",
+                    "epochs": 100,
+                    "time_budget_s": WARMUP_S + busy_s + 30,
+                    "threads": 1,
+                    "nice": args.nice if args.nice is not None else rs.nice,
+                }
                 job_out: dict[str, Any] = {}
 
                 def train() -> None:

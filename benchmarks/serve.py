@@ -52,15 +52,26 @@ def _settings(
     tag = uuid.uuid4().hex[:8]
     return Settings.model_validate(
         {
-            "kafka": {"bootstrap": rt.bootstrap, "readings_topic": f"bench-{tag}", "dead_letter_topic": f"dl-{tag}",
-                      "group_id": f"g-{tag}", "partitions": 2, "session_timeout_ms": 3000},
+            "kafka": {
+                "bootstrap": rt.bootstrap,
+                "readings_topic": f"bench-{tag}",
+                "dead_letter_topic": f"dl-{tag}",
+                "group_id": f"g-{tag}",
+                "partitions": 2,
+                "session_timeout_ms": 3000,
+            },
             "redis": {"url": rt.redis_url, "key_prefix": f"b{tag}"},
             "archive": {"root": str(root / tag)},
             "window": {"allowed_lateness_ms": 0, "idle_timeout_ms": 600_000},
-            "ray": {"actor_num_cpus": 0.5, "replicas": replicas, "actor_torch_threads": threads,
-                    "cpu_backend": backend, "actor_resources": actor_resources or {}},
+            "ray": {
+                "actor_num_cpus": 0.5,
+                "replicas": replicas,
+                "actor_torch_threads": threads,
+                "cpu_backend": backend,
+                "actor_resources": actor_resources or {},
+            },
         }
-    )  # fmt: skip
+    )
 
 
 def _stformer_checkpoint(network: Network, root: Path) -> str:
@@ -73,13 +84,25 @@ def _stformer_checkpoint(network: Network, root: Path) -> str:
 
     torch.manual_seed(0)
     # The architecture of the committed Los-loop checkpoint: small preset, residual, road-graph bias.
-    cfg = STFormerConfig(n_nodes=network.n_sensors, in_features=1, targets=(0,), residual=True, graph_bias=True,
-                         **PRESETS["small"])  # type: ignore[arg-type]  # fmt: skip
+    cfg = STFormerConfig(
+        n_nodes=network.n_sensors,
+        in_features=1,
+        targets=(0,),
+        residual=True,
+        graph_bias=True,
+        **PRESETS["small"],
+    )  # type: ignore[arg-type]
     model = STFormer(cfg).set_graph(network.edges)
     ckpt = Checkpoint.from_model(
-        "stformer", model, scaler=StandardScaler.identity(1), network=network, targets=("speed",),
-        window=12, horizon=12, version=f"bench-stformer-{network.n_sensors}",
-    )  # fmt: skip
+        "stformer",
+        model,
+        scaler=StandardScaler.identity(1),
+        network=network,
+        targets=("speed",),
+        window=12,
+        horizon=12,
+        version=f"bench-stformer-{network.n_sensors}",
+    )
     return str(save_checkpoint(ckpt, root / f"stformer-{network.n_sensors}.pt"))
 
 
@@ -88,8 +111,15 @@ def _frames(network: Network, steps: int) -> list[tuple[np.ndarray, np.ndarray]]
     return [sim.step(T0 + t * network.step_ms) for t in range(steps)]
 
 
-def live(pipe: RunningPipeline, producer: ReadingProducer, frames: list[Any], first: int, steps: int,
-         rate: float, step_ms: int) -> np.ndarray:  # fmt: skip
+def live(
+    pipe: RunningPipeline,
+    producer: ReadingProducer,
+    frames: list[Any],
+    first: int,
+    steps: int,
+    rate: float,
+    step_ms: int,
+) -> np.ndarray:
     """Publish one step every 1/rate s from `first`; seal→Redis latency (ms) of each forecast step."""
     pipe.latencies_s.clear()
     stop = threading.Event()
@@ -133,8 +163,13 @@ def run_case(
     ensure_topics(s.kafka, {s.kafka.readings_topic: 2, s.kafka.dead_letter_topic: 1})
     frames = _frames(network, replay_steps + live_steps + 1)
     pipe = ServePipeline(s, network, ModelSpec(spec), client_id="bench").start()
-    out: dict[str, Any] = {"sensors": n, "model": model, "replicas": replicas, "torch_threads": threads,
-                           "cpu_backend": backend}  # fmt: skip
+    out: dict[str, Any] = {
+        "sensors": n,
+        "model": model,
+        "replicas": replicas,
+        "torch_threads": threads,
+        "cpu_backend": backend,
+    }
     try:
         with ReadingProducer(s.kafka, network) as producer:
             for t in range(replay_steps):  # the backlog
@@ -173,8 +208,13 @@ def main() -> None:
     ap.add_argument("--sensors", type=int, nargs="*", help="only these network sizes")
     ap.add_argument("--replicas", type=int, default=1, help="forecaster actors sharing the steps")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per actor")
-    ap.add_argument("--cpu-backends", nargs="+", default=["onnx", "torch"], choices=["onnx", "torch"],
-                    help="engines of the stformer rows on a CPU, each measured in this run (ray.cpu_backend)")  # fmt: skip
+    ap.add_argument(
+        "--cpu-backends",
+        nargs="+",
+        default=["onnx", "torch"],
+        choices=["onnx", "torch"],
+        help="engines of the stformer rows on a CPU, each measured in this run (ray.cpu_backend)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "serve.json", help="where the JSON goes")
     args = ap.parse_args()
     import ray
@@ -203,9 +243,17 @@ def main() -> None:
     with EmbeddedRuntime() as rt, tempfile.TemporaryDirectory() as tmp:
         for n, model, replay_steps, live_steps, rate, backend in cases:
             row = run_case(
-                rt, Path(tmp), n, model, replay_steps=replay_steps, live_steps=live_steps, rate=rate,
-                replicas=args.replicas, threads=args.threads, backend=backend,
-            )  # fmt: skip
+                rt,
+                Path(tmp),
+                n,
+                model,
+                replay_steps=replay_steps,
+                live_steps=live_steps,
+                rate=rate,
+                replicas=args.replicas,
+                threads=args.threads,
+                backend=backend,
+            )
             rows.append(row)
             print(
                 f"{n:5d} sensors {model:12s} replay {row['replay_steps_per_s']:8.1f} steps/s   "

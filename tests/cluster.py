@@ -142,18 +142,27 @@ def _node_flags(block: list[int]) -> list[str]:
     """Flags giving one node its own ports, so several nodes on one host never bind the same one."""
     workers = block[_FIXED_PORTS:]
     return [
-        "--node-manager-port", str(block[0]),
-        "--object-manager-port", str(block[1]),
-        "--runtime-env-agent-port", str(block[2]),
-        "--dashboard-agent-listen-port", str(block[3]),
-        "--dashboard-agent-grpc-port", str(block[4]),
-        "--metrics-export-port", str(block[5]),
-        "--min-worker-port", str(workers[0]),
-        "--max-worker-port", str(workers[-1]),
-        "--object-store-memory", str(_OBJECT_STORE_BYTES),
+        "--node-manager-port",
+        str(block[0]),
+        "--object-manager-port",
+        str(block[1]),
+        "--runtime-env-agent-port",
+        str(block[2]),
+        "--dashboard-agent-listen-port",
+        str(block[3]),
+        "--dashboard-agent-grpc-port",
+        str(block[4]),
+        "--metrics-export-port",
+        str(block[5]),
+        "--min-worker-port",
+        str(workers[0]),
+        "--max-worker-port",
+        str(workers[-1]),
+        "--object-store-memory",
+        str(_OBJECT_STORE_BYTES),
         "--disable-usage-stats",
         "--block",
-    ]  # fmt: skip
+    ]
 
 
 def _session_processes(leader_pid: int) -> list[psutil.Process]:
@@ -270,15 +279,21 @@ class RayCluster:
         env.update(RAY_AUTH_MODE="disabled", **_HEALTH_CHECK_ENV)
         head_env = {**env, "AUTOSCALER_METRIC_PORT": str(autoscaler_metrics_port)}
         head_cmd = [
-            str(RAY), "start", "--head",
-            "--port", str(gcs_port),
-            "--num-cpus", "1",
+            str(RAY),
+            "start",
+            "--head",
+            "--port",
+            str(gcs_port),
+            "--num-cpus",
+            "1",
             "--include-dashboard=false",
-            "--dashboard-port", str(dashboard_port),  # unused with the dashboard off; never the shared 8265
-            "--temp-dir", str(head_temp),
+            "--dashboard-port",
+            str(dashboard_port),  # unused with the dashboard off; never the shared 8265
+            "--temp-dir",
+            str(head_temp),
             *_node_flags(head_ports),
             *(["--resources", json.dumps(head_resources)] if head_resources else []),
-        ]  # fmt: skip
+        ]
         head = _spawn(head_cmd, head_env, -1, tmp_dir / "head.log")
         nodes: list[_Node] = []
         cluster = cls(
@@ -301,13 +316,18 @@ class RayCluster:
                 cluster._port_locks.append(lock)
                 resources = json.dumps({node_resource: 100, f"{node_resource}_{i}": 100})
                 ray_cmd = [
-                    str(RAY), "start",
-                    "--address", address,
-                    "--num-cpus", "2",
-                    "--resources", resources,
-                    "--temp-dir", "/tmp/ray",
+                    str(RAY),
+                    "start",
+                    "--address",
+                    address,
+                    "--num-cpus",
+                    "2",
+                    "--resources",
+                    resources,
+                    "--temp-dir",
+                    "/tmp/ray",
                     *_node_flags(ports),
-                ]  # fmt: skip
+                ]
                 mounts = [f"mount -t tmpfs tmpfs {shlex.quote(str(folder))}" for folder in hidden]
                 # Hidden folders first: one below /tmp would vanish under the /tmp tmpfs before its own
                 # mount. `cd /tmp` last, so no process on the node keeps a handle on the host's cwd.
@@ -371,9 +391,13 @@ class RayCluster:
         joins this cluster."""
         try:
             done = subprocess.run(
-                [sys.executable, "-c", code, *args], cwd=REPO, env=self.env, capture_output=True, text=True,
+                [sys.executable, "-c", code, *args],
+                cwd=REPO,
+                env=self.env,
+                capture_output=True,
+                text=True,
                 timeout=timeout_s,
-            )  # fmt: skip
+            )
         except subprocess.TimeoutExpired as exc:
             stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
             raise ClusterError(f"driver did not finish within {timeout_s:.0f} s; stderr:\n{stderr}") from exc

@@ -31,10 +31,25 @@ def test_demo_against_existing_servers(embedded: EmbeddedRuntime, tmp_path: Path
         "SENSORCAST_REDIS__KEY_PREFIX": f"cli{tag}",
     }
     cmd = [
-        sys.executable, "-m", "serving.cli", "demo", "--duration", "12", "--sensors", "12", "--speed", "1200",
-        "--bootstrap", str(embedded.bootstrap), "--redis-url", str(embedded.redis_url),
-        "--data-dir", str(tmp_path), "--show", "3",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "serving.cli",
+        "demo",
+        "--duration",
+        "12",
+        "--sensors",
+        "12",
+        "--speed",
+        "1200",
+        "--bootstrap",
+        str(embedded.bootstrap),
+        "--redis-url",
+        str(embedded.redis_url),
+        "--data-dir",
+        str(tmp_path),
+        "--show",
+        "3",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "first forecast in Redis after" in out.stdout, out.stdout[-2000:]
@@ -74,8 +89,15 @@ def test_models_commands_list_promote_and_rollback(
     if store == "s3":
         moto: MotoServer = request.getfixturevalue("moto_s3")
         root, storage = moto.bucket(f"cli-{uuid.uuid4().hex[:12]}") + "/registry", moto.settings
-        env = {f"SENSORCAST_STORAGE__{k}": v for k, v in (("ENDPOINT", moto.endpoint), ("REGION", "us-east-1"),
-               ("ACCESS_KEY_ID", "test"), ("SECRET_ACCESS_KEY", "test"))}  # fmt: skip
+        env = {
+            f"SENSORCAST_STORAGE__{k}": v
+            for k, v in (
+                ("ENDPOINT", moto.endpoint),
+                ("REGION", "us-east-1"),
+                ("ACCESS_KEY_ID", "test"),
+                ("SECRET_ACCESS_KEY", "test"),
+            )
+        }
     net = simulated_network(4)
     reg = Registry(root, storage)
     bootstrap(reg, ModelSpec("baseline:persistence"), net, 12, 12)

@@ -67,8 +67,13 @@ def _forecast(values: np.ndarray) -> np.ndarray:
 def seed(url: str, network: Network) -> Seeded:
     """Write N_STEPS sealed steps, their forecasts, online scores, health and events, as the pipeline does."""
     prefix = f"d{uuid.uuid4().hex[:10]}"
-    sink = RedisSink(redis.Redis.from_url(url), Keys(prefix, network.name), sensors=network.sensors,
-                     features=("speed",), step_ms=STEP)  # fmt: skip
+    sink = RedisSink(
+        redis.Redis.from_url(url),
+        Keys(prefix, network.name),
+        sensors=network.sensors,
+        features=("speed",),
+        step_ms=STEP,
+    )
     sink.publish_network()
     sim, online = Simulator(network, seed=1), OnlineEvaluator(horizon=H, step_ms=STEP, targets=(0,))
     version = "v1"
@@ -92,12 +97,26 @@ def seed(url: str, network: Network) -> Seeded:
         if scored:
             cumulative = {v: s.scores() for v, s in online.cumulative.items()}
             sink.write_online(ts, cumulative, online.rolling(version), online.mean_rolling_mae(version))
-    sink.write_health({"ledger": {"received": 100, "windowed": 90, "dead_lettered": 6, "late": 3,
-                                  "duplicates": 1, "replayed": 0},
-                       "dead_by_reason": {"bad_json": 4, "unknown_sensor": 2}, "lag": {0: 5, 1: 2},
-                       "watermark": T0 + N_STEPS * STEP, "last_sealed": T0 + (N_STEPS - 1) * STEP,
-                       "steps_forecast": N_STEPS, "readings_per_s": 12.5, "model_version": version,
-                       "updated_ms": int(time.time() * 1000)})  # fmt: skip
+    sink.write_health(
+        {
+            "ledger": {
+                "received": 100,
+                "windowed": 90,
+                "dead_lettered": 6,
+                "late": 3,
+                "duplicates": 1,
+                "replayed": 0,
+            },
+            "dead_by_reason": {"bad_json": 4, "unknown_sensor": 2},
+            "lag": {0: 5, 1: 2},
+            "watermark": T0 + N_STEPS * STEP,
+            "last_sealed": T0 + (N_STEPS - 1) * STEP,
+            "steps_forecast": N_STEPS,
+            "readings_per_s": 12.5,
+            "model_version": version,
+            "updated_ms": int(time.time() * 1000),
+        }
+    )
     return Seeded(url, prefix, network, sink, np.array(vals), np.array(pres), forecasts)
 
 
@@ -193,9 +212,15 @@ def test_metrics_health_and_models_views(api: TestClient, seeded: Seeded) -> Non
 
 def _persistence(path: Path, net: Network, val_mae: float) -> str:
     ckpt = Checkpoint.from_model(
-        "persistence", Persistence(PersistenceConfig(horizon=H)), scaler=StandardScaler.identity(1),
-        network=net, targets=("speed",), window=4, horizon=H, metrics={"val_mae": val_mae},
-    )  # fmt: skip
+        "persistence",
+        Persistence(PersistenceConfig(horizon=H)),
+        scaler=StandardScaler.identity(1),
+        network=net,
+        targets=("speed",),
+        window=4,
+        horizon=H,
+        metrics={"val_mae": val_mae},
+    )
     return save_checkpoint(ckpt, path)
 
 
@@ -263,10 +288,17 @@ def test_plot_commands_write_pngs(seeded: Seeded, tmp_path: Path) -> None:
     net = ["--sensors", str(seeded.network.n_sensors)]
     model = AttentionSeq2Seq(Seq2SeqConfig(in_features=1, window=4, horizon=H, hidden=8))
     ckpt = save_checkpoint(
-        Checkpoint.from_model("seq2seq", model, scaler=StandardScaler.identity(1), network=seeded.network,
-                              targets=("speed",), window=4, horizon=H),
+        Checkpoint.from_model(
+            "seq2seq",
+            model,
+            scaler=StandardScaler.identity(1),
+            network=seeded.network,
+            targets=("speed",),
+            window=4,
+            horizon=H,
+        ),
         tmp_path / "s2s.pt",
-    )  # fmt: skip
+    )
     runs = {
         "forecast": [
             "plot",

@@ -87,8 +87,16 @@ def test_explain_writes_attention_plots(tmp_path: Path) -> None:
     model = STFormer(
         STFormerConfig(n_nodes=5, input_dim=8, tod_dim=4, dow_dim=4, adaptive_dim=8, heads=2, ffn_dim=8)
     )
-    p = Predictor(model, network=net, scaler=StandardScaler.identity(1), targets=(0,), window=12, horizon=12,
-                  version="tiny", device="cpu")  # fmt: skip
+    p = Predictor(
+        model,
+        network=net,
+        scaler=StandardScaler.identity(1),
+        targets=(0,),
+        window=12,
+        horizon=12,
+        version="tiny",
+        device="cpu",
+    )
     summary = explain(p, ds, tmp_path, window_index=3, sensor="s0002", top_k=2)
     assert (tmp_path / "temporal.png").stat().st_size > 1000 and (tmp_path / "spatial.png").exists()
     neighbours = json.loads((tmp_path / "neighbours.json").read_text())

@@ -30,8 +30,9 @@ def _data(steps: int, n: int, horizon: int, seed: int) -> tuple[np.ndarray, np.n
 def test_online_scores_equal_offline_metrics(zero_is_missing: bool) -> None:
     steps, n, horizon = 60, 9, 4
     values, mask, forecasts = _data(steps, n, horizon, seed=3)
-    online = OnlineEvaluator(horizon=horizon, step_ms=STEP, targets=(0,), rolling_steps=10_000,
-                             zero_is_missing=zero_is_missing)  # fmt: skip
+    online = OnlineEvaluator(
+        horizon=horizon, step_ms=STEP, targets=(0,), rolling_steps=10_000, zero_is_missing=zero_is_missing
+    )
     offline = {"a": HorizonMetrics(horizon), "b": HorizonMetrics(horizon)}
     for s in range(steps):
         version = "a" if s < 30 else "b"  # a hot swap half way

@@ -54,8 +54,11 @@ def test_los_loop_test_split_online_mae_equals_offline_evaluation(
             for t in range(start, end):
                 producer.send_step(int(ds.step_ts[t]), ds.values[t], ds.mask[t].astype(bool))
         n = int(ds.mask[start:end].sum())
-        wait_for(lambda: pipe.poll_once(300) >= 0 and pipe.ingest.ingestor.ledger.total().received >= n,
-                 timeout_s=240, what=f"{n} readings of the test split")  # fmt: skip
+        wait_for(
+            lambda: pipe.poll_once(300) >= 0 and pipe.ingest.ingestor.ledger.total().received >= n,
+            timeout_s=240,
+            what=f"{n} readings of the test split",
+        )
         pipe.drain()
     finally:
         pipe.close()

@@ -42,9 +42,17 @@ def test_onnx_forecasts_equal_torch_on_los_loop(datasets_dir: Path) -> None:
 def test_onnx_backend_is_refused_where_it_does_not_apply() -> None:
     network = Network.simple("tiny", 3, ["speed"])
     with pytest.raises(PredictorError, match="baseline"):
-        Predictor(Persistence(PersistenceConfig(horizon=12, targets=(0,))), network=network,
-                  scaler=StandardScaler.identity(1), targets=(0,), window=12, horizon=12,
-                  version="baseline-persistence", device="cpu", backend="onnx")  # fmt: skip
+        Predictor(
+            Persistence(PersistenceConfig(horizon=12, targets=(0,))),
+            network=network,
+            scaler=StandardScaler.identity(1),
+            targets=(0,),
+            window=12,
+            horizon=12,
+            version="baseline-persistence",
+            device="cpu",
+            backend="onnx",
+        )
     with pytest.raises(PredictorError, match="unknown backend"):
         Predictor.from_checkpoint(CHECKPOINT, device="cpu", backend="tensorrt")  # type: ignore[arg-type]
 
@@ -63,8 +71,17 @@ class _Noisy(nn.Module):
 
 def _noisy(backend: str) -> Predictor:
     network = Network.simple("noisy", 3, ["speed"])
-    return Predictor(_Noisy(), network=network, scaler=StandardScaler.identity(1), targets=(0,), window=12,
-                     horizon=12, version="noisy-1", device="cpu", backend=backend)  # type: ignore[arg-type]  # fmt: skip
+    return Predictor(
+        _Noisy(),
+        network=network,
+        scaler=StandardScaler.identity(1),
+        targets=(0,),
+        window=12,
+        horizon=12,
+        version="noisy-1",
+        device="cpu",
+        backend=backend,
+    )  # type: ignore[arg-type]
 
 
 def test_a_graph_that_differs_from_torch_is_refused(caplog: pytest.LogCaptureFixture) -> None:

@@ -70,9 +70,17 @@ def test_pems08_two_days_messy_replay_is_exact(fresh_settings: Settings, dataset
     ds = load_dataset(datasets_dir / "pems08-head")
     steps = 576  # two days of 5-minute steps
     svc, exp = _replay_and_ingest(
-        fresh_settings, ds, str(tmp_path / "arch"), n_steps=steps, fmt="single", shuffle_ms=LATENESS,
-        duplicate_rate=0.01, garbage_rate=0.01, late_readings=25, seed=7,
-    )  # fmt: skip
+        fresh_settings,
+        ds,
+        str(tmp_path / "arch"),
+        n_steps=steps,
+        fmt="single",
+        shuffle_ms=LATENESS,
+        duplicate_rate=0.01,
+        garbage_rate=0.01,
+        late_readings=25,
+        seed=7,
+    )
     tot = svc.ingestor.ledger.total()
     assert svc.ingestor.ledger.balanced()
     assert tot.received == exp.received

@@ -155,8 +155,25 @@ def test_pems08_head_trains_and_evaluates_through_the_cli(datasets_dir: Path, tm
     data, ckpt, report = datasets_dir / "pems08-head", tmp_path / "pems08.pt", tmp_path / "pems08.json"
     sets = [arg for k, v in TINY.items() for arg in ("--set", f"{k}={v}")]
     runner = CliRunner()
-    out = runner.invoke(app, ["train", "--dataset", str(data), "--model", "stformer", "--workers", "0",
-                              "--epochs", "1", "--threads", "1", *sets, "--out", str(ckpt)])  # fmt: skip
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            str(data),
+            "--model",
+            "stformer",
+            "--workers",
+            "0",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            *sets,
+            "--out",
+            str(ckpt),
+        ],
+    )
     assert out.exit_code == 0, out.output
     loaded = load_checkpoint(ckpt)
     assert (
