@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -191,18 +191,49 @@ class ConfigError(ValueError):
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings; `overrides` are nested dicts from CLI flags (highest priority, None values ignored)."""
+    """Build settings; `overrides` are nested dicts from CLI flags (highest priority, None values ignored).
+    A setting that does not validate, or a config file that does not parse, is one `ConfigError` naming
+    it."""
     if config is not None:
         if not config.exists():
             raise ConfigError(f"config file {config} does not exist")
         os.environ["SENSORCAST_CONFIG"] = str(config)
-    base = Settings()
-    if not overrides:
-        return base
-    merged = base.model_dump()
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            merged.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-        elif values is not None:
-            merged[section] = values
-    return Settings.model_validate(merged)
+    try:
+        base = Settings()
+        if not overrides:
+            return base
+        merged = base.model_dump()
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                merged.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+            elif values is not None:
+                merged[section] = values
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    except ValueError as exc:  # the TOML parser's (tomllib/tomli) decode error
+        toml = os.environ.get("SENSORCAST_CONFIG")
+        if not toml:
+            raise
+        raise ConfigError(f"config file {toml} is not valid TOML: {exc}") from None
+
+
+_SECRET_WORDS = ("password", "secret", "token", "key", "url")
+
+
+def _invalid(exc: ValidationError) -> ConfigError:
+    """One line for the first invalid setting: its dotted name, its environment variable, what is wrong
+    (and the value given, unless the name says it may be a secret)."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = [str(p) for p in first["loc"] if not isinstance(p, int)]
+    name = ".".join(loc) or "settings"
+    env = "SENSORCAST_" + "__".join(p.upper() for p in loc)
+    given = ""
+    value = first.get("input")
+    secret = any(word in name.lower() for word in _SECRET_WORDS)
+    if not secret and not isinstance(value, dict) and len(repr(value)) <= 80:
+        given = f" (got {value!r})"
+    more = f"; {len(errors) - 1} more invalid setting(s)" if len(errors) > 1 else ""
+    msg = first["msg"].removeprefix("Value error, ")
+    return ConfigError(f"setting {name} ({env} or the config file): {msg}{given}{more}")

@@ -61,6 +61,30 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml")
 
 
+def test_invalid_settings_are_one_line_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SENSORCAST_CONFIG", raising=False)
+    monkeypatch.setenv("SENSORCAST_KAFKA__PARTITIONS", "0")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert str(exc.value).startswith("setting kafka.partitions (SENSORCAST_KAFKA__PARTITIONS")
+    assert "greater than or equal to 1" in str(exc.value) and "\n" not in str(exc.value)
+    monkeypatch.delenv("SENSORCAST_KAFKA__PARTITIONS")
+    # a value that may be a secret is never echoed
+    monkeypatch.setenv("SENSORCAST_KAFKA__SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("SENSORCAST_KAFKA__SASL_MECHANISM", "NOPE")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(kafka={"sasl_password": ["hunter2"]})
+    assert "hunter2" not in str(exc.value), exc.value
+    monkeypatch.delenv("SENSORCAST_KAFKA__SASL_MECHANISM")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[kafka\nbootstrap = 1\n")
+    with pytest.raises(ConfigError, match=r"bad.toml is not valid TOML"):
+        load_settings(bad)
+    monkeypatch.delenv("SENSORCAST_CONFIG", raising=False)
+
+
 def test_secrets_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENSORCAST_REDIS__URL", "redis://user:hunter2@h:6379/0")
     monkeypatch.setenv("SENSORCAST_KAFKA__SASL_PASSWORD", "s3cret")
