@@ -7,8 +7,35 @@ training workers read, the registry, Ray Train's storage — must be a location 
 
 from __future__ import annotations
 
+import socket
+
 from serving.config import ConfigError, Settings
 from stream.storage import is_uri
+
+ADDRESS_SETTING = "setting ray.address: --ray-address or SENSORCAST_RAY__ADDRESS"
+
+
+class RayUnavailable(ConfigError):
+    """No Ray cluster answers at the configured address."""
+
+
+def check_ray_address(address: str | None, timeout_s: float = 3.0) -> None:
+    """Before `ray.init`: an address nothing accepts connections at is one line naming the setting
+    (`ray.init` itself retries for minutes, logging from its C++ core). None and `auto` are left to Ray."""
+    if address is None or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(
+            f"Ray address {address!r} is not host:port, ray://host:port or auto ({ADDRESS_SETTING})"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RayUnavailable(
+            f"no Ray cluster at {address} ({ADDRESS_SETTING}): {exc.strerror or exc} — start one with "
+            "`ray start --head`, or fix the address"
+        ) from None
 
 
 def require_shared_storage(settings: Settings) -> None:

@@ -72,14 +72,18 @@ def ray_session(settings: Settings) -> Iterator[None]:
     it is killed (`serving.ray_local`); an existing cluster is only disconnected from, never stopped."""
     import ray
 
+    from serving.cluster import ADDRESS_SETTING, RayUnavailable, check_ray_address
     from serving.ray_local import Watchdog
 
     if ray.is_initialized():
         yield
         return
-    ray.init(
-        address=settings.ray.address, include_dashboard=False, log_to_driver=False, configure_logging=False
-    )
+    address = settings.ray.address
+    check_ray_address(address)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except ConnectionError as exc:  # e.g. `auto` with no cluster on this machine
+        raise RayUnavailable(f"cannot connect to Ray at {address} ({ADDRESS_SETTING}): {exc}") from None
     watchdog: Watchdog | None = None
     try:
         if settings.ray.address is None:
