@@ -90,7 +90,11 @@ class OnlineSettings(BaseModel):
     """Online evaluation of live forecasts against the actuals that arrive later."""
 
     rolling_steps: int = Field(default=288, ge=1, description="sealed steps in the rolling scores")
-    zero_is_missing: bool = Field(default=False, description="traffic convention: a 0 reading is a fault")
+    zero_is_missing: bool = Field(
+        default=False,
+        description="score a 0 reading as missing on every network (a network file's zero_is_missing sets it "
+        "per network)",
+    )
     health_interval_s: float = Field(default=1.0, gt=0, description="how often ingest health goes to Redis")
 
 

@@ -96,7 +96,7 @@ class ServePipeline:
             step_ms=network.step_ms,
             targets=dispatcher.targets,
             rolling_steps=s.online.rolling_steps,
-            zero_is_missing=s.online.zero_is_missing,
+            zero_is_missing=s.online.zero_is_missing or network.zero_is_missing,
         )
         sink.add_event("serving", dispatcher.version, {"spec": spec.ref, **dispatcher.placement()})
         ingest = IngestService(s.kafka, s.window, archive, network, now=self.now, client_id=self.client_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,9 @@ class Network:
 
     `coords` (optional) holds one `(lon, lat)` or `(x, y)` pair per sensor; `edges` (optional) holds
     `(from_index, to_index, weight)` triples, e.g. road distances or adjacency weights.
+    `zero_is_missing`: a reading of exactly 0 means "no reading" (loop detectors that report 0 when broken);
+    metrics, losses and scalers then exclude zero targets. Off by default: for counts and most quantities
+    zero is a real value.
     """
 
     name: str
@@ -60,6 +64,7 @@ class Network:
     step_ms: int = 300_000
     coords: tuple[tuple[float, float], ...] | None = None
     edges: tuple[tuple[int, int, float], ...] = ()
+    zero_is_missing: bool = False
     sensor_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
     feature_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
@@ -70,6 +75,8 @@ class Network:
             raise NetworkError(f"network {self.name!r} has no features")
         if self.step_ms <= 0:
             raise NetworkError(f"step_ms must be positive, got {self.step_ms}")
+        if not isinstance(self.zero_is_missing, bool):
+            raise NetworkError(f"zero_is_missing must be true or false, got {self.zero_is_missing!r}")
         sensors = tuple(str(s) for s in self.sensors)
         if len(set(sensors)) != len(sensors):
             raise NetworkError(f"network {self.name!r} has duplicate sensor ids")
@@ -105,6 +112,7 @@ class Network:
         out: dict[str, Any] = {
             "name": self.name,
             "step_ms": self.step_ms,
+            "zero_is_missing": self.zero_is_missing,
             "sensors": list(self.sensors),
             "features": [
                 {"name": f.name, "unit": f.unit, "min": _num_out(f.min), "max": _num_out(f.max)}
@@ -135,6 +143,7 @@ class Network:
                 sensors=tuple(str(s) for s in data["sensors"]),
                 features=features,
                 step_ms=int(data.get("step_ms", 300_000)),
+                zero_is_missing=data.get("zero_is_missing", False),
                 coords=tuple((float(c[0]), float(c[1])) for c in coords) if coords is not None else None,
                 edges=tuple(
                     (int(e[0]), int(e[1]), float(e[2]) if len(e) > 2 else 1.0) for e in data.get("edges", ())
@@ -157,16 +166,12 @@ class Network:
 
     def dumps(self, fmt: str = "toml") -> str:
         """The definition as TOML (or JSON) text: what `save` writes and `loads` reads."""
-        return json.dumps(self.to_dict(), indent=1) if fmt == "json" else tomli_w.dumps(self.to_dict())
+        return json.dumps(self.to_dict(), indent=1) if fmt == "json" else dumps_toml(self.to_dict())
 
     @classmethod
     def loads(cls, text: str, source: object, fmt: str = "toml") -> Network:
         """Parse a definition; errors name `source` (a path or URI)."""
-        try:
-            data = json.loads(text) if fmt == "json" else tomllib.loads(text)
-        except (ValueError, tomllib.TOMLDecodeError) as exc:
-            raise NetworkError(f"cannot parse network definition {source}: {exc}") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(parse_definition(text, source, fmt))
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -192,6 +197,29 @@ class Network:
         ids = tuple(f"s{i:04d}" for i in range(sensors)) if isinstance(sensors, int) else tuple(sensors)
         feats = tuple(f if isinstance(f, Feature) else Feature(f) for f in features)
         return cls(name=name, sensors=ids, features=feats, step_ms=step_ms, **kw)
+
+
+_NUMBERS = re.compile(r"\[\n(?:[ ]+[-+0-9.eEinfa]+,\n)+[ ]*\]")  # an array of numbers, one per line
+
+
+def dumps_toml(data: Mapping[str, Any]) -> str:
+    """TOML text with each array of numbers on one line (`[13.2, 52.2]`, an edge `[0, 1, 1.5]`): one
+    coordinate pair or edge per line rather than one number, so the file reads and edits by hand."""
+    return _NUMBERS.sub(
+        lambda m: "[" + ", ".join(m.group(0)[1:-1].replace(",", " ").split()) + "]", tomli_w.dumps(data)
+    )
+
+
+def parse_definition(text: str, source: object, fmt: str = "toml") -> dict[str, Any]:
+    """The raw mapping of a TOML (or JSON) network file, tables the network does not read included (the
+    `[source]` that `sensorcast network init` writes); errors name `source`."""
+    try:
+        data = json.loads(text) if fmt == "json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise NetworkError(f"cannot parse network definition {source}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise NetworkError(f"network definition {source} is not a table of fields")
+    return data
 
 
 def _num_out(x: float) -> float | str:

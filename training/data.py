@@ -97,7 +97,8 @@ def fill_forward(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def target_mask(ds: SensorDataset, targets: tuple[int, ...]) -> np.ndarray:
-    """`[T, N, out]` 1 where a target counts for metrics and loss: observed, finite, non-zero (traffic)."""
+    """`[T, N, out]` 1 where a target counts for metrics and loss: observed, finite, and non-zero when the
+    network says `zero_is_missing` (zero is otherwise a real value, e.g. a count)."""
     v = ds.values[..., list(targets)]
     keep = (ds.mask[..., list(targets)] > 0) & np.isfinite(v)
     if ds.zero_is_missing:
@@ -148,7 +149,8 @@ class WindowData:
 
 
 def fit_scaler(ds: SensorDataset, protocol: Protocol) -> StandardScaler:
-    """Standard scaler over the training part's observed values only (zeros excluded for traffic)."""
+    """Standard scaler over the training part's observed values only (zeros excluded when the network says
+    `zero_is_missing`)."""
     start, end = protocol.train
     values, mask = ds.values[start:end], ds.mask[start:end]
     if ds.zero_is_missing:

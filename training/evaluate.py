@@ -2,7 +2,8 @@
 
 Windows come from the protocol's test (or validation) part, inputs are last-observation filled exactly as
 the stream delivers them, and metrics are computed in original units. Produces a JSON-ready report and a
-rich per-horizon table; `DayOfYearClimatology` is the seasonal baseline for daily data.
+rich per-horizon table; `DayOfYearClimatology` is the seasonal baseline for daily data. Both say which
+zero convention scored them: the network's `zero_is_missing` (0 = no reading, excluded) or zeros as values.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ class Forecaster(TypingProtocol):
     out_features: tuple[str, ...]
 
     def predict(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> np.ndarray: ...
+
+
+def zeros_convention(zero_is_missing: bool) -> str:
+    """How a score treated readings of exactly 0, as reports and tables state it."""
+    if zero_is_missing:
+        return "zeros are missing readings (network zero_is_missing = true): excluded from the metrics"
+    return "zeros are real values (network zero_is_missing = false): scored like any value"
 
 
 def _label(steps: int, step_ms: int) -> str:
@@ -78,6 +86,8 @@ def evaluate(
         "window": protocol.window,
         "horizon": protocol.horizon,
         "targets": list(forecaster.out_features),
+        "zero_is_missing": ds.zero_is_missing,
+        "zeros": zeros_convention(ds.zero_is_missing),
         "step_ms": step_ms,
         "per_step": [{**row, "lead": _label(row["step"], step_ms)} for row in summary["per_step"]],
         "average": summary["average"],
@@ -90,7 +100,7 @@ def evaluate(
 def render_table(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> Table:
     """Per-horizon table: every step, the trajectory averages and the all-step average."""
     title = f"{report['model']} on {report['dataset']} ({report['protocol']}, {report['windows']} windows)"
-    table = Table(title=title)
+    table = Table(title=title, caption=zeros_convention(report["zero_is_missing"]))
     for column in ("step", "lead", "MAE", "RMSE", "MAPE %"):
         table.add_column(column, justify="right")
     if baseline is not None:

@@ -18,6 +18,7 @@ from serving.cli.common import console
 from serving.cli.dashboard import dashboard
 from serving.cli.demo import demo
 from serving.cli.models import models_app
+from serving.cli.network import network_app
 from serving.cli.ops import forecasts, ingest, replay, serve, simulate
 from serving.cli.plots import plot_app
 from serving.config import ConfigError
@@ -37,6 +38,7 @@ for _command in (demo, serve, simulate, ingest, replay, forecasts, dashboard):
 app.registered_commands.extend(training_app.registered_commands)  # train, evaluate, explain
 app.add_typer(plot_app, name="plot")
 app.add_typer(models_app, name="models")
+app.add_typer(network_app, name="network")
 
 # Errors a user fixes by changing a setting, a file or a server: one line naming it, no stack trace
 # (`--log-level debug` keeps the trace in the log).
