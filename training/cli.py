@@ -29,7 +29,12 @@ class Preset(str, Enum):
 
 
 DatasetOpt = Annotated[
-    Path, typer.Option("--dataset", help="dataset folder or file (PEMS, T-GCN, wide CSV, .h5)")
+    Path,
+    typer.Option(
+        "--dataset",
+        help="a network file from `sensorcast network init`, a CSV/Parquet table, or a dataset folder or "
+        "file (PEMS, T-GCN, wide CSV, .h5)",
+    ),
 ]
 
 

@@ -169,7 +169,11 @@ def ingest(
 
 def replay(
     dataset: Annotated[
-        Path, typer.Argument(help="dataset folder or file (PEMS .npz, T-GCN csv, wide csv, .h5)")
+        Path,
+        typer.Argument(
+            help="a network file from `sensorcast network init`, a CSV/Parquet table, or a dataset folder "
+            "or file (PEMS .npz, T-GCN csv, wide csv, .h5)"
+        ),
     ],
     speed: Annotated[float, typer.Option(help="multiple of real time; 0 = as fast as possible")] = 0.0,
     fmt: Annotated[str, typer.Option("--format", help="single or batch")] = "batch",
