@@ -75,12 +75,16 @@ def train(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="model config field, e.g. --set residual=true")
     ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug: Ray's own logs here too, not only in their file")
+    ] = "info",
 ) -> None:
     """Train a model by the dataset's protocol; prints progress, then the validation summary."""
     from dataclasses import fields
 
-    from training.ray_train import train_with_ray
-    from training.train import TrainConfig, progress_line, train_func
+    from training.progress import EpochProgress
+    from training.ray_train import init_ray, train_with_ray
+    from training.train import TrainConfig, train_func
 
     # Options named like a TrainConfig field pass through as they are; the others are converted here.
     names = {f.name for f in fields(TrainConfig)}
@@ -92,11 +96,24 @@ def train(
         "overrides": dict(_parse_override(o) for o in overrides or []),
     }
     baseline = model in (ModelKind.persistence, ModelKind.ha)
+    progress = EpochProgress(console, epochs=epochs, time_budget_s=config["time_budget_s"])
     if workers > 0 and not baseline:
+        import ray
+
         console.print(f"Ray Train: {workers} workers × {cpus_per_worker} CPU{' + 1 GPU' if gpu else ''}")
-        summary = train_with_ray(config, num_workers=workers, use_gpu=gpu, cpus_per_worker=cpus_per_worker)
+        ray_log = init_ray(verbose=log_level.lower() == "debug")
+        if ray_log is not None:
+            console.print(f"Ray logs: {ray_log} (its workers' beside it)", highlight=False, soft_wrap=True)
+        try:
+            with progress:
+                summary = train_with_ray(
+                    config, num_workers=workers, use_gpu=gpu, cpus_per_worker=cpus_per_worker, log=progress
+                )
+        finally:
+            ray.shutdown()
     else:
-        summary = train_func(config, log=lambda row: console.print(progress_line(row)))
+        with progress:
+            summary = train_func(config, log=progress)
     kept = (
         f"best val MAE {summary['val_mae']:.4f} at epoch {summary['best_epoch']} of {summary['epochs_run']}"
         if summary["val_mae"] is not None
@@ -104,7 +121,8 @@ def train(
     )
     console.print(
         f"[bold]{summary['version']}[/] → {out}: {kept}, {summary['train_seconds']:.0f} s, "
-        f"{out.stat().st_size / 1e6:.2f} MB"
+        f"{out.stat().st_size / 1e6:.2f} MB",
+        soft_wrap=True,
     )
 
 

@@ -384,15 +384,3 @@ def _lr(cfg: TrainConfig, epoch: int, progress: float) -> float:
     if cfg.schedule == "cosine":
         return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
     return cfg.lr
-
-
-def progress_line(row: dict[str, Any]) -> str:
-    val = (
-        f"val MAE {row['val_mae']:.4f}  best {row['best_val_mae']:.4f}"
-        if math.isfinite(row["val_mae"])
-        else "no validation (refit on train+val)"
-    )
-    return (
-        f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  {val}  "
-        f"{row['samples_per_s']:.0f} samples/s  {row['elapsed_s']:.0f} s"
-    )

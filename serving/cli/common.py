@@ -69,11 +69,14 @@ def runtime(settings: Settings, *, need_kafka: bool = True, need_redis: bool = T
 @contextlib.contextmanager
 def ray_session(settings: Settings) -> Iterator[None]:
     """Connect to the configured Ray cluster, or start a local one that dies with this process even when
-    it is killed (`serving.ray_local`); an existing cluster is only disconnected from, never stopped."""
+    it is killed (`serving.ray_local`); an existing cluster is only disconnected from, never stopped.
+    Ray's own logs go to a file whose path is printed once, unless the log level is debug
+    (`training.ray_train.init_ray`)."""
     import ray
 
     from serving.cluster import ADDRESS_SETTING, RayUnavailable, check_ray_address
     from serving.ray_local import Watchdog
+    from training.ray_train import init_ray
 
     if ray.is_initialized():
         yield
@@ -81,9 +84,11 @@ def ray_session(settings: Settings) -> Iterator[None]:
     address = settings.ray.address
     check_ray_address(address)
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray_log = init_ray(address, verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
     except ConnectionError as exc:  # e.g. `auto` with no cluster on this machine
         raise RayUnavailable(f"cannot connect to Ray at {address} ({ADDRESS_SETTING}): {exc}") from None
+    if ray_log is not None:
+        console.print(f"Ray logs: {ray_log} (its workers' beside it)", highlight=False, soft_wrap=True)
     watchdog: Watchdog | None = None
     try:
         if settings.ray.address is None:
