@@ -117,7 +117,11 @@ def ingest(
     network_file: Annotated[Path, typer.Option("--network", help="network TOML/JSON")],
     archive: Annotated[str, typer.Option(help="archive root: a folder or URI (s3://bucket/prefix)")],
     until_idle: Annotated[
-        float, typer.Option(help="stop after this many seconds without input (0 = never)")
+        float,
+        typer.Option(
+            help="stop after this many seconds without input, counted from the first partition "
+            "assignment (0 = never)"
+        ),
     ] = 0.0,
     client_id: Annotated[str, typer.Option(help="Kafka client id")] = "sensorcast-ingest",
     bootstrap: Bootstrap = None,
@@ -143,9 +147,13 @@ def ingest(
     metrics = ServeMetrics()
     metrics.attach_ledger(svc.ingestor.ledger.snapshot)
     port = metrics.serve(settings.metrics.port, settings.metrics.host)
-    logging.getLogger("sensorcast").info("ingest metrics", extra={"port": port})
+    log = logging.getLogger("sensorcast")
+    log.info("ingest metrics", extra={"port": port})
     settle_heap()
-    last_input = time.monotonic()
+    started = time.monotonic()
+    # The idle clock starts at the first partition assignment: joining the consumer group can take longer
+    # than --until-idle (the broker waits for other members), and nothing can arrive before it.
+    last_input: float | None = None
     try:
         while True:
             received = svc.ingestor.ledger.total().received
@@ -153,9 +161,15 @@ def ingest(
             if sealed:
                 metrics.steps_sealed.inc(len(sealed))
                 metrics.last_sealed.set(sealed[-1].step_ts)
+            now = time.monotonic()
+            if last_input is None and (assigned := svc.consumer.assigned()):
+                log.info(
+                    "partitions assigned", extra={"partitions": assigned, "after_s": round(now - started, 2)}
+                )
+                last_input = now
             if svc.ingestor.ledger.total().received != received:
-                last_input = time.monotonic()
-            elif until_idle and time.monotonic() - last_input > until_idle:
+                last_input = now
+            elif until_idle and last_input is not None and now - last_input > until_idle:
                 svc.drain()
                 break
     except KeyboardInterrupt:
@@ -261,13 +275,18 @@ def serve(
     )
     if network_file is not None:
         settings = settings.model_copy(update={"network_file": network_file})
+    embedded_redis = settings.redis.url is None
     with runtime(settings) as settings, ray_session(settings):
         network = network_for(settings, sensors)
         with ServePipeline(settings, network, ModelSpec(model)).start(serve_metrics=True) as pipeline:
             settle_heap()
+            # an embedded Redis has no credentials: its URL is what `sensorcast forecasts` needs
+            url = settings.redis.url.get_secret_value() if embedded_redis and settings.redis.url else None
+            where = f"forecasts in {url}, " if url else ""
             console.print(
                 f"serving {network.name} ({network.n_sensors} sensors) from {settings.kafka.bootstrap}, "
-                f"metrics on :{pipeline.metrics_port}"
+                f"{where}metrics on :{pipeline.metrics_port}",
+                soft_wrap=True,
             )
             with contextlib.suppress(KeyboardInterrupt):
                 pipeline.run(duration_s=duration or None)
