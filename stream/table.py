@@ -31,7 +31,7 @@ import pandas as pd
 
 from stream.network import Feature, Network
 from stream.sensordata import DatasetError, SensorDataset
-from stream.tablefiles import SENSOR_NAMES, columns_of, numbers, read_coords, read_edges, read_frame
+from stream.tablefiles import SENSOR_NAMES, columns_of, numbers, pick, read_coords, read_edges, read_frame
 from stream.tabletime import Where, describe_step, find_time_columns, infer_step_ms, parse_step, parse_times
 
 FEATURE_NAMES = ("feature", "variable", "quantity", "measure", "metric", "parameter", "pollutant", "channel")
@@ -46,8 +46,8 @@ class TableSpec:
     `time`: one column or several (year/month/day[/hour...], date + hour, date + time of day);
     `start` instead: rows are consecutive steps from this time (needs `step`). `step`: a duration such as
     `5min` (default: inferred). `sensor`/`feature`: the long layout's id and feature-name columns.
-    `values`: the value columns (wide: the sensors' columns; long: one per feature, or the value column
-    beside `feature`). `feature_name`: the wide layout's one feature. `metadata`/`edges`: optional files.
+    `values`: the value columns (wide: the sensors' columns, default every other column; long: one per
+    feature, or the value column beside `feature`). `feature_name`: the wide layout's one feature. `metadata`/`edges`: optional files.
     """
 
     layout: str = "auto"  # wide | long | auto
@@ -123,8 +123,8 @@ def read_table(
     path = Path(path)
     spec = spec or TableSpec()
     columns = columns_of(path)
-    sensor = spec.sensor or (_pick(columns, SENSOR_NAMES) if spec.layout != "wide" else None)
-    text = [c for c in (sensor, spec.feature or _pick(columns, FEATURE_NAMES)) if c]
+    sensor = spec.sensor or (pick(columns, SENSOR_NAMES) if spec.layout != "wide" else None)
+    text = [c for c in (sensor, spec.feature or pick(columns, FEATURE_NAMES)) if c]
     frame, where = read_frame(path, text=text)
     return table_dataset(frame, spec, network, source=str(path), where=where, name=name or path.stem)
 
@@ -184,9 +184,12 @@ def _wide(frame: pd.DataFrame, spec: TableSpec, row_ts: np.ndarray, source: str,
         "pass --layout long --sensor-column COLUMN)"
     )
     _no_duplicates(frame, spec, source, where, [row_ts], expected)
-    block = _block(frame, spec.values, source, where)  # [R, N]
+    columns = spec.values or tuple(
+        str(c) for c in frame.columns if c not in spec.time and not str(c).startswith("Unnamed:")
+    )
+    block = _block(frame, columns, source, where)  # [R, N]
     r, s = np.nonzero(np.isfinite(block))
-    return _Readings(list(spec.values), [spec.feature_name or "value"], r, s, np.zeros_like(r), block[r, s])
+    return _Readings(list(columns), [spec.feature_name or "value"], r, s, np.zeros_like(r), block[r, s])
 
 
 def _long(frame: pd.DataFrame, spec: TableSpec, row_ts: np.ndarray, source: str, where: Where) -> _Readings:
@@ -223,23 +226,21 @@ def _resolve(spec: TableSpec, frame: pd.DataFrame, source: str) -> TableSpec:
             "year/month/day columns, or --start and --step when rows are consecutive steps"
         )
     rest = [c for c in columns if c not in time and not c.startswith("Unnamed:")]
-    sensor = spec.sensor or (_pick(rest, SENSOR_NAMES) if spec.layout != "wide" else None)
+    sensor = spec.sensor or (pick(rest, SENSOR_NAMES) if spec.layout != "wide" else None)
     if spec.layout == "long" and sensor is None:
         raise DatasetError(
             f"{source}: a long table needs a sensor id column, named one of {', '.join(SENSOR_NAMES)}; "
             f"pass --sensor-column (columns: {columns})"
         )
-    if sensor is None:
-        values = spec.values or tuple(rest)
-        return replace(spec, layout="wide", time=tuple(time), values=values)
+    if sensor is None:  # the sensors' columns stay implicit (every other column) unless named
+        return replace(spec, layout="wide", time=tuple(time))
     rest.remove(sensor)
-    feature = spec.feature or _pick(rest, FEATURE_NAMES)
+    feature = spec.feature or pick(rest, FEATURE_NAMES)
     values = spec.values
     if feature is not None:
         rest.remove(feature)
-        values = values or tuple(
-            c for c in (_pick(rest, VALUE_NAMES) or (rest[0] if len(rest) == 1 else ""),) if c
-        )
+        value = pick(rest, VALUE_NAMES) or (rest[0] if len(rest) == 1 else None)
+        values = values or ((value,) if value else ())
         if len(values) != 1:
             raise DatasetError(
                 f"{source}: beside the feature column {feature!r}, expected one value column; pass "
@@ -251,11 +252,6 @@ def _resolve(spec: TableSpec, frame: pd.DataFrame, source: str) -> TableSpec:
     return replace(
         spec, layout="long", time=tuple(time), sensor=sensor, feature=feature, values=tuple(values)
     )
-
-
-def _pick(columns: list[str], names: tuple[str, ...]) -> str | None:
-    lower = {c.lower(): c for c in columns}
-    return next((lower[n] for n in names if n in lower), None)
 
 
 def _no_duplicates(
@@ -393,7 +389,10 @@ def _place(
 
 
 def _relative(path: Path, base: Path) -> str:
+    """`path` from folder `base` when it lies within `base` or beside it (the pair moves together), else
+    absolute."""
     try:
-        return os.path.relpath(path.resolve(), base.resolve())
+        rel = os.path.relpath(path.resolve(), base.resolve())
     except ValueError:  # another drive
         return str(path.resolve())
+    return str(path.resolve()) if rel.startswith(os.path.join(os.pardir, os.pardir)) else rel

@@ -56,7 +56,9 @@ def _sep(header_line: str) -> str:
 def columns_of(path: Path) -> list[str]:
     """The header of a CSV or Parquet table, without reading its rows."""
     if not path.is_file():
-        raise DatasetError(f"no file at {path}")
+        raise DatasetError(
+            f"{path} is a folder: expected a table file" if path.is_dir() else f"no file at {path}"
+        )
     suffix = path.suffix.lower()
     if suffix in _PARQUET:
         return [str(c) for c in pq.read_schema(path).names]
@@ -124,7 +126,8 @@ def numbers(frame: pd.DataFrame, column: str, *, source: Path | str, where: Wher
     return num.to_numpy(np.float64, na_value=np.nan)
 
 
-def _pick(columns: Sequence[str], names: Sequence[str]) -> str | None:
+def pick(columns: Sequence[str], names: Sequence[str]) -> str | None:
+    """The first of `names` among `columns`, compared lower-case; the column as the table spells it."""
     lower = {c.lower(): c for c in columns}
     return next((lower[n] for n in names if n in lower), None)
 
@@ -135,8 +138,8 @@ def read_coords(path: Path, sensors: Sequence[str], data: Path | str) -> tuple[t
     `lat`/`latitude`/`y`). Every data sensor needs a row, and every row a data sensor."""
     columns = columns_of(path)
     frame, where = read_frame(path, text=columns)
-    id_col = _pick(columns, SENSOR_NAMES) or columns[0]
-    x_col, y_col = _pick(columns, LON_NAMES), _pick(columns, LAT_NAMES)
+    id_col = pick(columns, SENSOR_NAMES) or columns[0]
+    x_col, y_col = pick(columns, LON_NAMES), pick(columns, LAT_NAMES)
     if x_col is None or y_col is None:
         raise DatasetError(
             f"{path}: expected coordinate columns named one of {'/'.join(LON_NAMES)} and one of "
@@ -175,11 +178,11 @@ def read_edges(path: Path, sensors: Sequence[str]) -> tuple[Edges, np.ndarray | 
     if all(_is_number(c) for c in columns):
         return _matrix(path, len(sensors))
     frame, where = read_frame(path, text=columns)
-    a = _pick(columns, _FROM) or columns[0]
-    b = _pick(columns, _TO) or (columns[1] if len(columns) > 1 else None)
+    a = pick(columns, _FROM) or columns[0]
+    b = pick(columns, _TO) or (columns[1] if len(columns) > 1 else None)
     if b is None:
         raise DatasetError(f"{path}: expected an edge list with from,to[,weight] columns; got {columns}")
-    w_col = _pick(columns, _WEIGHT) or next((c for c in columns if c not in (a, b)), None)
+    w_col = pick(columns, _WEIGHT) or next((c for c in columns if c not in (a, b)), None)
     weight = numbers(frame, w_col, source=path, where=where) if w_col else np.ones(len(frame))
     index = {s: i for i, s in enumerate(sensors)}
     edges = []

@@ -4,19 +4,29 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from serving.cli import app
+from serving.embedded import EmbeddedRuntime
+from serving.keys import Keys
 from stream.datasets import DatasetError, load_dataset
 from stream.network import Feature, Network, NetworkError
 from stream.sensordata import gaps
 from stream.table import TableSpec, read_table
 from stream.tabletime import infer_step_ms
+from tests.conftest import wait_for
 
 H = 3_600_000
 T0 = 1_709_251_200_000  # 2024-03-01 00:00 UTC
@@ -330,9 +340,6 @@ def test_table_to_network_to_train_to_evaluate(tmp_path: Path) -> None:
 
 
 def test_bad_input_is_one_line_from_the_command(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     bad = _write(tmp_path / "bad.csv", "sensor;time;value\na;2024-03-01 00:00;1\na;2024-03-01 01:00;12,5\n")
     cmd = [
         sys.executable,
@@ -349,3 +356,72 @@ def test_bad_input_is_one_line_from_the_command(tmp_path: Path) -> None:
     assert proc.stdout.splitlines() == [
         f"error: DatasetError: {bad}: line 3, column 'value': expected a number, got '12,5'"
     ], proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_table_to_network_to_train_to_serve_to_read_forecasts(
+    embedded: EmbeddedRuntime, tmp_path: Path
+) -> None:
+    """The README's whole path, command by command, against the session's broker and Redis: network init
+    -> train -> serve (a subprocess) + replay the table -> `sensorcast forecasts` reads them back."""
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        **os.environ,
+        "SENSORCAST_KAFKA__READINGS_TOPIC": f"table-readings-{tag}",
+        "SENSORCAST_KAFKA__DEAD_LETTER_TOPIC": f"table-dead-{tag}",
+        "SENSORCAST_KAFKA__GROUP_ID": f"table-{tag}",
+        "SENSORCAST_KAFKA__SESSION_TIMEOUT_MS": "3000",
+        "SENSORCAST_REDIS__KEY_PREFIX": f"tbl{tag}",
+        "SENSORCAST_ARCHIVE__ROOT": str(tmp_path / "archive"),
+    }
+    servers = ["--bootstrap", str(embedded.bootstrap)]
+    redis_url = ["--redis-url", str(embedded.redis_url)]
+    sensorcast = [sys.executable, "-m", "serving.cli"]
+    counts_table(steps=150).to_parquet(tmp_path / "counts.parquet")
+    meta = _write(
+        tmp_path / "stations.csv", "Station,lat,lon\nnorth-1,1,1\nnorth-2,1,2\neast-7,2,1\nring-3,2,2\n"
+    )
+    net_file, model = tmp_path / "net.toml", tmp_path / "model.pt"
+    _cli("network", "init", str(tmp_path / "counts.parquet"), "--out", str(net_file), "--metadata", str(meta))
+    _cli("train", "--dataset", str(net_file), "--out", str(model), "--workers", "0", "--epochs", "1")
+    log = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen(
+        [*sensorcast, "serve", "--network", str(net_file), "--model", str(model), *servers, *redis_url],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        replay = subprocess.run(
+            [*sensorcast, "replay", str(net_file), *servers],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert replay.returncode == 0, replay.stdout[-2000:] + replay.stderr[-2000:]
+        r = redis.Redis.from_url(str(embedded.redis_url))
+        latest = Keys(f"tbl{tag}", "counts").latest
+        wait_for(
+            lambda: serve.poll() is None and len(r.hgetall(latest)) == 4,
+            timeout_s=300,
+            what=f"forecasts for the 4 stations in {latest} (serve log: {tmp_path / 'serve.log'})",
+        )
+        doc = orjson.loads(r.hget(latest, "north-1") or b"{}")
+        assert doc["model_version"].startswith("stformer") and len(doc["forecast"]) == 12
+        shown = subprocess.run(
+            [*sensorcast, "forecasts", *redis_url, "--network", "counts"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shown.returncode == 0 and "north-1" in shown.stdout and "cars" in shown.stdout, shown.stdout
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+        log.close()
+    assert "serving counts (4 sensors)" in (tmp_path / "serve.log").read_text()

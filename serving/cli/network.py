@@ -39,7 +39,7 @@ def describe(read: TableRead, data: Path) -> list[str]:
     """What reading the table found, one line each: layout, columns, grid, placement, gaps, features."""
     ds, spec, net = read.dataset, read.spec, read.dataset.network
     if spec.layout == "wide":
-        columns = f"{len(spec.values)} sensor columns"
+        columns = f"{net.n_sensors} sensor columns"
     elif spec.feature:
         columns = f"sensor column {spec.sensor!r}, feature column {spec.feature!r}, values {spec.values[0]!r}"
     else:
