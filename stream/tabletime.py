@@ -9,6 +9,7 @@ an offset are UTC; times with one are converted. Pure pandas/numpy, no I/O: what
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -113,16 +114,32 @@ def _one_column(col: pd.Series, *, source: str, where: Where, fmt: str | None) -
         unit = "ms" if float(np.nanmedian(np.abs(col.to_numpy(np.float64)))) >= _EPOCH_MS_ABOVE else "s"
         parsed = pd.to_datetime(col, unit=unit, utc=True, errors="coerce")
     else:
-        text = col.astype(str).str.strip()
-        parsed = pd.to_datetime(text, utc=True, errors="coerce", format=fmt)
-        if fmt is None and parsed.isna().any():  # several formats in one column
-            parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
+        parsed = _parse_text(col.astype(str).str.strip(), fmt)
     what = (
         f"a time in the format {fmt!r}"
         if fmt
         else "a time pandas can parse (e.g. 2024-05-01 13:05, ISO 8601)"
     )
     return _check(parsed, col, source, where, f"column {name!r}", what)
+
+
+def _parse_text(text: pd.Series, fmt: str | None) -> pd.Series:
+    """Times written as text. Without a format: the first of month-first and day-first that parses every
+    cell (day-first first for dotted dates, `01.03.2024`, which are day-first wherever they are written),
+    else per-cell parsing when a column mixes formats; the most cells parsed wins."""
+    if fmt is not None:
+        return pd.to_datetime(text, utc=True, errors="coerce", format=fmt)
+    dotted = bool(text.str.match(r"\d{1,2}\.\d{1,2}\.\d{2,4}").all())
+    best: pd.Series | None = None
+    for dayfirst in (True, False) if dotted else (False, True):
+        with warnings.catch_warnings():  # pandas' hint about dayfirst: the choice is made here
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = pd.to_datetime(text, utc=True, errors="coerce", dayfirst=dayfirst)
+        if parsed.notna().all():
+            return parsed
+        best = parsed if best is None or parsed.notna().sum() > best.notna().sum() else best
+    mixed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
+    return mixed if best is None or mixed.notna().sum() > best.notna().sum() else best
 
 
 def _check(parsed: pd.Series, raw: pd.Series, source: str, where: Where, label: str, what: str) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stream.datasets import DatasetError, datasets_root, load_dataset, read_h5
+from stream.network import Network
 from training.data import fill_forward, protocol_for
 
 ROOT = datasets_root()
@@ -83,3 +84,22 @@ def test_wide_csv_fills_absent_dates_as_missing(tmp_path: Path) -> None:
     assert ds.mask[:, :, 0].tolist() == [[1, 0], [1, 1], [0, 0], [1, 1]]
     filled = fill_forward(ds.values, ds.mask)
     assert np.isnan(filled[0, 1, 0]) and filled[2, 0, 0] == 2 and filled[2, 1, 0] == 3
+
+
+def test_a_folder_with_one_readings_table_beside_its_side_files(tmp_path: Path) -> None:
+    (tmp_path / "readings.csv").write_text("sensor,time,value\na,2024-03-01 00:00,1\nb,2024-03-01 01:00,0\n")
+    (tmp_path / "stations.csv").write_text("sensor,lat,lon\na,1,2\nb,3,4\n")
+    (tmp_path / "links.csv").write_text("from,to\na,b\n")
+    ds = load_dataset(tmp_path)
+    assert ds.network.sensors == ("a", "b") and ds.n_steps == 2 and not ds.zero_is_missing
+
+
+def test_a_network_file_without_source_says_how_to_write_one(tmp_path: Path) -> None:
+    Network.simple("n", 2).save(tmp_path / "net.toml")
+    with pytest.raises(DatasetError, match=r"names no data .*sensorcast network init TABLE --out net.toml"):
+        load_dataset(tmp_path / "net.toml")
+    (tmp_path / "bad.toml").write_text(
+        Network.simple("n", 2).dumps() + '[source]\npath = "x.csv"\nlayout = "diagonal"\n'
+    )
+    with pytest.raises(DatasetError, match=r"bad.toml: layout 'diagonal': expected wide, long or auto"):
+        load_dataset(tmp_path / "bad.toml")

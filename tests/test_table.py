@@ -127,6 +127,13 @@ def test_date_plus_hour_epoch_seconds_and_rows_without_times(tmp_path: Path) -> 
     assert c.dataset.step_ts.tolist() == [T0, T0 + H] and c.dataset.network.sensors == ("s1", "s2")
 
 
+def test_day_first_dates_when_only_day_first_parses_or_dotted(tmp_path: Path) -> None:
+    dotted = read_table(_write(tmp_path / "d.csv", "Datum,S1\n01.03.2024 00:00,1\n01.03.2024 01:00,2\n"))
+    assert dotted.dataset.step_ts.tolist() == [T0, T0 + H]  # 1 March, not 3 January
+    slashed = read_table(_write(tmp_path / "s.csv", "date,S1\n29/02/2024,1\n01/03/2024,2\n"))
+    assert slashed.dataset.step_ts.tolist() == [T0 - 86_400_000, T0]
+
+
 def test_step_inference_regular_with_gaps_and_jittered() -> None:
     gappy = T0 + 300_000 * np.array([0, 1, 2, 5, 6, 9, 10, 11, 30])
     assert infer_step_ms(gappy) == 300_000
