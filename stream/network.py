@@ -112,13 +112,16 @@ class Network:
         out: dict[str, Any] = {
             "name": self.name,
             "step_ms": self.step_ms,
-            "zero_is_missing": self.zero_is_missing,
             "sensors": list(self.sensors),
             "features": [
                 {"name": f.name, "unit": f.unit, "min": _num_out(f.min), "max": _num_out(f.max)}
                 for f in self.features
             ],
         }
+        # Only when set: definitions written before the field, and the checkpoints whose sha256 covers
+        # them, read back and hash unchanged.
+        if self.zero_is_missing:
+            out["zero_is_missing"] = True
         if self.coords is not None:
             out["coords"] = [list(c) for c in self.coords]
         if self.edges:

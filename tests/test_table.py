@@ -255,6 +255,8 @@ def test_network_file_round_trip_and_zero_is_missing_per_network(tmp_path: Path)
     again = Network.loads(net.dumps(), "mem")
     assert again.zero_is_missing and again == net and again.fingerprint() == net.fingerprint()
     assert not Network.loads(Network.simple("c", 2).dumps(), "mem").zero_is_missing
+    # unset, the field is not written: older definitions and the checkpoint hashes over them are unchanged
+    assert "zero_is_missing" not in Network.simple("c", 2).to_dict()
     with pytest.raises(NetworkError, match="zero_is_missing must be true or false"):
         Network.from_dict({**net.to_dict(), "zero_is_missing": "yes"})
 

@@ -146,7 +146,14 @@ def init(
     read = read_table(data, spec, name=name or data.stem)
     network = replace(read.dataset.network, zero_is_missing=zero_is_missing)
     lines = describe(read, data)
-    body: dict[str, Any] = {**network.to_dict(), "source": read.spec.to_dict(data, out.parent.resolve())}
+    fields = network.to_dict()
+    body: dict[str, Any] = {  # zero_is_missing always written, near the top: a convention to decide on
+        "name": fields.pop("name"),
+        "step_ms": fields.pop("step_ms"),
+        "zero_is_missing": fields.pop("zero_is_missing", False),
+        **fields,
+        "source": read.spec.to_dict(data, out.parent.resolve()),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
         out.write_text(json.dumps(body, indent=1))
