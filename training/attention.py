@@ -118,3 +118,24 @@ class SelfAttentionLayer(nn.Module):
             att = attend(q, k, v, bias, p, self.training)  # [M, heads, L, d/h]
         x = x + self.dropout(self.out(att.transpose(1, 2).reshape(m * length, d)))
         return (x + self.dropout(self.ffn(self.norm2(x)))).reshape(m, length, d), weights
+
+
+class AttentionModel(nn.Module):
+    """The interface the attention models share: `forward` is the forecast (no weights kept),
+    `attention_maps` the weights, both from the model's `_forward(..., need_weights)`."""
+
+    def forward(self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, N, F], time_features [B, T, 3], mask [B, T, N, F] -> [B, H, N, out]."""
+        return self._forward(x, time_features, mask, need_weights=False)[0]
+
+    @torch.no_grad()
+    def attention_maps(
+        self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The model's attention weights by kind (shapes in its `_forward`)."""
+        return self._forward(x, time_features, mask, need_weights=True)[1]
+
+    def _forward(
+        self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.attention import Attention
+from training.attention import Attention, AttentionModel
 
 YEAR_DAYS = 365.2425  # as in training.data.time_features
 
@@ -38,7 +38,7 @@ class Seq2SeqConfig:
     seasonal: bool = False  # also feed the time of year (daily data)
 
 
-class AttentionSeq2Seq(nn.Module):
+class AttentionSeq2Seq(AttentionModel):
     """Per-sensor RNN encoder, attention over its states, LSTM decoder unrolled over the horizon.
 
     Sensors share all weights: they are folded into the batch dimension.
@@ -62,21 +62,11 @@ class AttentionSeq2Seq(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
         self.register_buffer("targets", torch.tensor(c.targets, dtype=torch.long), persistent=False)
 
-    def forward(self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, T, N, F], time_features [B, T, 3], mask [B, T, N, F] -> [B, H, N, out]."""
-        return self._forward(x, time_features, mask, need_weights=False)[0]
-
-    @torch.no_grad()
-    def attention_maps(
-        self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """{"temporal": [B, N, H, T]}: weight of each input step for each forecast step, per sensor."""
-        return self._forward(x, time_features, mask, need_weights=True)[1]
-
     def _forward(
         self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor, need_weights: bool
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The forecast [B, H, N, out] and, with `need_weights`, the attention maps (else none)."""
+        """The forecast [B, H, N, out] and, with `need_weights`, the attention maps (else none):
+        {"temporal": [B, N, H, T]}: weight of each input step for each forecast step, per sensor."""
         b, t, n, _ = x.shape
         c = self.config
         tf = _cyclic(time_features, c.seasonal)  # [B, T, C]

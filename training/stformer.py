@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.attention import SelfAttentionLayer
+from training.attention import AttentionModel, SelfAttentionLayer
 
 
 @dataclass
@@ -45,7 +45,7 @@ class STFormerConfig:
         return self.input_dim + self.tod_dim + self.dow_dim + self.doy_dim + self.adaptive_dim
 
 
-class STFormer(nn.Module):
+class STFormer(AttentionModel):
     """Input projection + time-of-day, day-of-week and adaptive node embeddings, temporal attention layers
     (each sensor over its window), spatial attention layers (all sensors at each step), then one linear
     projection from the whole window to all horizon steps."""
@@ -78,21 +78,11 @@ class STFormer(nn.Module):
         self.output_proj = nn.Linear(c.window * d, c.horizon * out)
         self.register_buffer("targets", torch.tensor(c.targets, dtype=torch.long), persistent=False)
 
-    def forward(self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, T, N, F], time_features [B, T, 3], mask [B, T, N, F] -> [B, H, N, out]."""
-        return self._forward(x, time_features, mask, need_weights=False)[0]
-
-    @torch.no_grad()
-    def attention_maps(
-        self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """{"temporal": [B, N, heads, T, T], "spatial": [B, T, heads, N, N]} from the last layer of each."""
-        return self._forward(x, time_features, mask, need_weights=True)[1]
-
     def _forward(
         self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor, need_weights: bool
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The forecast [B, H, N, out] and, with `need_weights`, the attention maps (else none)."""
+        """The forecast [B, H, N, out] and, with `need_weights`, the attention maps (else none):
+        {"temporal": [B, N, heads, T, T], "spatial": [B, T, heads, N, N]} from the last layer of each."""
         b, t, n, _ = x.shape
         c = self.config
         if (t, n) != (c.window, c.n_nodes):
