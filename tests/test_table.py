@@ -1,38 +1,26 @@
-"""Your own data: the generic table reader (`stream.table`), `sensorcast network init`, and the path
-"your table -> network -> train -> evaluate" (a slow test adds serve -> replay -> read forecasts)."""
+"""Your own data: the generic table reader (`stream.table`) — layouts, times, the step grid and its masks,
+metadata and edges, bad input, reading onto an edited network. The commands are in test_network_init.py."""
 
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pandas as pd
 import pytest
-import redis
-from typer.testing import CliRunner
 
-from serving.cli import app
-from serving.embedded import EmbeddedRuntime
-from serving.keys import Keys
 from stream.datasets import DatasetError, load_dataset
 from stream.network import Feature, Network, NetworkError
 from stream.sensordata import gaps
 from stream.table import TableSpec, read_table
 from stream.tabletime import infer_step_ms
-from tests.conftest import wait_for
 
 H = 3_600_000
 T0 = 1_709_251_200_000  # 2024-03-01 00:00 UTC
 
 
-def _write(path: Path, text: str) -> Path:
+def write_file(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
 
@@ -59,7 +47,7 @@ def counts_table(steps: int = 150, seed: int = 0) -> pd.DataFrame:
 
 
 def test_wide_csv_any_time_column_name_semicolons_and_gaps(tmp_path: Path) -> None:
-    csv = _write(
+    csv = write_file(
         tmp_path / "levels.csv",
         "Zeitpunkt;P1;P2\n2024-03-01 00:00;1.5;2\n2024-03-01 00:10;;3\n2024-03-01 00:30;4;\n",
     )
@@ -74,7 +62,7 @@ def test_wide_csv_any_time_column_name_semicolons_and_gaps(tmp_path: Path) -> No
 
 
 def test_long_table_irregular_times_go_on_the_step_that_contains_them(tmp_path: Path) -> None:
-    csv = _write(
+    csv = write_file(
         tmp_path / "r.csv",
         "sensor,timestamp,value\n"
         "a,2024-03-01T00:04:00Z,1\n"
@@ -94,7 +82,7 @@ def test_long_table_irregular_times_go_on_the_step_that_contains_them(tmp_path: 
 
 
 def test_long_table_with_a_feature_column(tmp_path: Path) -> None:
-    csv = _write(
+    csv = write_file(
         tmp_path / "air.csv",
         "site,date,pollutant,value\nX,2024-03-01,pm10,12\nX,2024-03-01,no2,30\nY,2024-03-02,pm10,8\n",
     )
@@ -118,19 +106,21 @@ def test_year_month_day_hour_columns_in_parquet(tmp_path: Path) -> None:
 
 def test_date_plus_hour_epoch_seconds_and_rows_without_times(tmp_path: Path) -> None:
     a = read_table(
-        _write(tmp_path / "a.csv", "date,hour,s1\n2024-03-01,0,1\n2024-03-01,1,2\n2024-03-01,3,4\n")
+        write_file(tmp_path / "a.csv", "date,hour,s1\n2024-03-01,0,1\n2024-03-01,1,2\n2024-03-01,3,4\n")
     )
     assert a.spec.time == ("date", "hour") and a.dataset.step_ts.tolist() == [T0 + k * H for k in range(4)]
-    b = read_table(_write(tmp_path / "b.csv", f"ts,s1\n{T0 // 1000},1\n{T0 // 1000 + 3600},2\n"))
+    b = read_table(write_file(tmp_path / "b.csv", f"ts,s1\n{T0 // 1000},1\n{T0 // 1000 + 3600},2\n"))
     assert b.dataset.step_ts.tolist() == [T0, T0 + H]
-    c = read_table(_write(tmp_path / "c.csv", "s1,s2\n1,2\n3,4\n"), TableSpec(start="2024-03-01", step="1h"))
+    c = read_table(
+        write_file(tmp_path / "c.csv", "s1,s2\n1,2\n3,4\n"), TableSpec(start="2024-03-01", step="1h")
+    )
     assert c.dataset.step_ts.tolist() == [T0, T0 + H] and c.dataset.network.sensors == ("s1", "s2")
 
 
 def test_day_first_dates_when_only_day_first_parses_or_dotted(tmp_path: Path) -> None:
-    dotted = read_table(_write(tmp_path / "d.csv", "Datum,S1\n01.03.2024 00:00,1\n01.03.2024 01:00,2\n"))
+    dotted = read_table(write_file(tmp_path / "d.csv", "Datum,S1\n01.03.2024 00:00,1\n01.03.2024 01:00,2\n"))
     assert dotted.dataset.step_ts.tolist() == [T0, T0 + H]  # 1 March, not 3 January
-    slashed = read_table(_write(tmp_path / "s.csv", "date,S1\n29/02/2024,1\n01/03/2024,2\n"))
+    slashed = read_table(write_file(tmp_path / "s.csv", "date,S1\n29/02/2024,1\n01/03/2024,2\n"))
     assert slashed.dataset.step_ts.tolist() == [T0 - 86_400_000, T0]
 
 
@@ -147,13 +137,15 @@ def test_step_inference_regular_with_gaps_and_jittered() -> None:
 
 
 def test_metadata_coordinates_and_edges_by_list_or_matrix(tmp_path: Path) -> None:
-    csv = _write(tmp_path / "w.csv", "time,A,B,C\n2024-03-01 00:00,1,2,3\n2024-03-01 01:00,1,2,3\n")
-    meta = _write(tmp_path / "m.csv", "name,sensor_id,Latitude,Longitude\nc,C,50,7\na,A,52,13\nb,B,48,11\n")
-    edges = _write(tmp_path / "e.csv", "source,target,distance\nA,B,2.5\nB,C,1\n")
+    csv = write_file(tmp_path / "w.csv", "time,A,B,C\n2024-03-01 00:00,1,2,3\n2024-03-01 01:00,1,2,3\n")
+    meta = write_file(
+        tmp_path / "m.csv", "name,sensor_id,Latitude,Longitude\nc,C,50,7\na,A,52,13\nb,B,48,11\n"
+    )
+    edges = write_file(tmp_path / "e.csv", "source,target,distance\nA,B,2.5\nB,C,1\n")
     net = read_table(csv, TableSpec(metadata=str(meta), edges=str(edges))).dataset.network
     assert net.coords == ((13.0, 52.0), (11.0, 48.0), (7.0, 50.0))
     assert net.edges == ((0, 1, 2.5), (1, 2, 1.0))
-    matrix = _write(tmp_path / "adj.csv", "0,1,0\n1,0,0.5\n0,0.5,0\n")
+    matrix = write_file(tmp_path / "adj.csv", "0,1,0\n1,0,0.5\n0,0.5,0\n")
     ds = read_table(csv, TableSpec(edges=str(matrix))).dataset
     assert ds.network.edges == ((0, 1, 1.0), (1, 0, 1.0), (1, 2, 0.5), (2, 1, 0.5))
     assert ds.adjacency is not None and ds.adjacency.shape == (3, 3)
@@ -218,7 +210,7 @@ def test_bad_tables_name_file_row_column_and_expectation(
     tmp_path: Path, name: str, text: str, spec: dict[str, object], message: str
 ) -> None:
     with pytest.raises(DatasetError, match=message):
-        read_table(_write(tmp_path / name, text), TableSpec(**spec))  # type: ignore[arg-type]
+        read_table(write_file(tmp_path / name, text), TableSpec(**spec))  # type: ignore[arg-type]
 
 
 def test_bad_parquet_cell_is_named_by_row(tmp_path: Path) -> None:
@@ -230,19 +222,19 @@ def test_bad_parquet_cell_is_named_by_row(tmp_path: Path) -> None:
 
 
 def test_metadata_and_edges_must_match_the_data(tmp_path: Path) -> None:
-    csv = _write(tmp_path / "w.csv", "time,A,B\n2024-03-01 00:00,1,2\n2024-03-01 01:00,1,2\n")
-    extra = _write(tmp_path / "m1.csv", "station,lat,lon\nA,1,2\nB,3,4\nZ,5,6\n")
+    csv = write_file(tmp_path / "w.csv", "time,A,B\n2024-03-01 00:00,1,2\n2024-03-01 01:00,1,2\n")
+    extra = write_file(tmp_path / "m1.csv", "station,lat,lon\nA,1,2\nB,3,4\nZ,5,6\n")
     with pytest.raises(
         DatasetError, match=r"m1.csv: line 4, column 'station': sensor 'Z' is not in the data"
     ):
         read_table(csv, TableSpec(metadata=str(extra)))
-    short = _write(tmp_path / "m2.csv", "station,lat,lon\nA,1,2\n")
+    short = write_file(tmp_path / "m2.csv", "station,lat,lon\nA,1,2\n")
     with pytest.raises(DatasetError, match=r"m2.csv: no row for 1 sensors of the data .*\['B'\]"):
         read_table(csv, TableSpec(metadata=str(short)))
-    nocoords = _write(tmp_path / "m3.csv", "station,height\nA,1\nB,2\n")
+    nocoords = write_file(tmp_path / "m3.csv", "station,height\nA,1\nB,2\n")
     with pytest.raises(DatasetError, match=r"m3.csv: expected coordinate columns"):
         read_table(csv, TableSpec(metadata=str(nocoords)))
-    edges = _write(tmp_path / "e.csv", "from,to\nA,Q\n")
+    edges = write_file(tmp_path / "e.csv", "from,to\nA,Q\n")
     with pytest.raises(DatasetError, match=r"e.csv: line 2, column 'to': sensor 'Q' is not in the data"):
         read_table(csv, TableSpec(edges=str(edges)))
 
@@ -262,7 +254,7 @@ def test_network_file_round_trip_and_zero_is_missing_per_network(tmp_path: Path)
 
 
 def test_table_read_onto_an_edited_network(tmp_path: Path) -> None:
-    csv = _write(tmp_path / "w.csv", "time,A,B,C\n2024-03-01 00:00,1,2,300\n2024-03-01 01:00,0,2,3\n")
+    csv = write_file(tmp_path / "w.csv", "time,A,B,C\n2024-03-01 00:00,1,2,300\n2024-03-01 01:00,0,2,3\n")
     net = Network("mine", ("C", "A"), (Feature("flow", "", 0.0, 100.0),), step_ms=H, zero_is_missing=True)
     read = read_table(csv, network=net)
     assert read.dropped_sensors == ("B",) and read.out_of_range == 1
@@ -270,167 +262,3 @@ def test_table_read_onto_an_edited_network(tmp_path: Path) -> None:
     assert read.dataset.zero_is_missing
     with pytest.raises(DatasetError, match=r"no readings for 1 sensors of network 'mine' \(e.g. \['D'\]\)"):
         read_table(csv, network=Network("mine", ("A", "D"), (Feature("flow"),), step_ms=H))
-
-
-def _cli(*args: str) -> str:
-    out = CliRunner().invoke(app, list(args))
-    assert out.exit_code == 0, f"{args}: {out.output}\n{out.exception!r}"
-    return out.output
-
-
-def test_network_init_writes_an_editable_network_that_datasets_read(tmp_path: Path) -> None:
-    counts_table(steps=60).to_parquet(tmp_path / "counts.parquet")
-    meta = _write(
-        tmp_path / "stations.csv",
-        "Station,lat,lon\nnorth-1,52,13\nnorth-2,52.1,13\neast-7,52,13.2\nring-3,52,13.1\n",
-    )
-    net_file = tmp_path / "conf" / "net.toml"
-    out = _cli(
-        "network", "init", str(tmp_path / "counts.parquet"), "--out", str(net_file), "--metadata", str(meta)
-    )
-    assert "step 1h (inferred)" in out and "gaps:" in out and "coordinates for 4 sensors" in out
-    text = net_file.read_text()
-    assert "# gaps:" in text and 'path = "../counts.parquet"' in text and "zero_is_missing = false" in text
-    ds = load_dataset(net_file)
-    assert ds.network.coords is not None and ds.network.coords[0] == (13.0, 52.0) and not ds.zero_is_missing
-    # edited by hand: zero now means "no reading", and ring-3 (with its coordinates) is dropped
-    lines = text.replace("zero_is_missing = false", "zero_is_missing = true").splitlines(keepends=True)
-    net_file.write_text("".join(x for x in lines if "ring-3" not in x and x.strip() != "[13.1, 52.0],"))
-    again = load_dataset(net_file)
-    assert again.zero_is_missing and again.network.sensors == ("north-1", "north-2", "east-7")
-    refused = CliRunner().invoke(
-        app, ["network", "init", str(tmp_path / "counts.parquet"), "--out", str(net_file)]
-    )
-    assert refused.exit_code != 0 and "pass --force" in refused.output
-
-
-def test_evaluation_states_its_zero_convention(tmp_path: Path) -> None:
-    from training.evaluate import evaluate, render_table
-    from training.predictor import Predictor
-
-    counts_table(steps=200).to_parquet(tmp_path / "counts.parquet")
-    scores = {}
-    for zero_is_missing in (False, True):
-        flag = "--zero-is-missing" if zero_is_missing else "--zero-is-real"
-        net_file = tmp_path / f"net-{zero_is_missing}.toml"
-        _cli("network", "init", str(tmp_path / "counts.parquet"), "--out", str(net_file), flag)
-        ds = load_dataset(net_file)
-        report = evaluate(Predictor.baseline("persistence", ds.network, device="cpu"), ds)
-        assert report["zero_is_missing"] is zero_is_missing
-        assert report["zeros"].startswith("zeros are missing" if zero_is_missing else "zeros are real values")
-        assert render_table(report).caption == report["zeros"]
-        scores[zero_is_missing] = report["average"]["count"]
-    assert scores[True] < scores[False]  # the 04:00 zeros are scored only when zero is a real value
-
-
-def test_table_to_network_to_train_to_evaluate(tmp_path: Path) -> None:
-    """The README's path on a long Parquet table with Year/Month/Day/Hour/Minute columns and irregular
-    times: `network init` -> `train` (tiny budget, no Ray) -> `evaluate`."""
-    counts_table(steps=150).to_parquet(tmp_path / "counts.parquet")
-    net_file, model = tmp_path / "net.toml", tmp_path / "model.pt"
-    _cli("network", "init", str(tmp_path / "counts.parquet"), "--out", str(net_file))
-    _cli(
-        "train",
-        "--dataset",
-        str(net_file),
-        "--out",
-        str(model),
-        "--workers",
-        "0",
-        "--epochs",
-        "1",
-        "--threads",
-        "1",
-    )
-    out = _cli("evaluate", str(model), "--dataset", str(net_file), "--json", str(tmp_path / "report.json"))
-    assert "zeros are real values" in out and "beats persistence" in out
-    report = pd.read_json(tmp_path / "report.json", typ="series")
-    assert report["dataset"] == "counts" and report["zero_is_missing"] is False and report["windows"] > 0
-
-
-def test_bad_input_is_one_line_from_the_command(tmp_path: Path) -> None:
-    bad = _write(tmp_path / "bad.csv", "sensor;time;value\na;2024-03-01 00:00;1\na;2024-03-01 01:00;12,5\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "serving.cli",
-        "network",
-        "init",
-        str(bad),
-        "--out",
-        str(tmp_path / "n.toml"),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stdout.splitlines() == [
-        f"error: DatasetError: {bad}: line 3, column 'value': expected a number, got '12,5'"
-    ], proc.stdout + proc.stderr
-
-
-@pytest.mark.slow
-def test_table_to_network_to_train_to_serve_to_read_forecasts(
-    embedded: EmbeddedRuntime, tmp_path: Path
-) -> None:
-    """The README's whole path, command by command, against the session's broker and Redis: network init
-    -> train -> serve (a subprocess) + replay the table -> `sensorcast forecasts` reads them back."""
-    tag = uuid.uuid4().hex[:8]
-    env = {
-        **os.environ,
-        "SENSORCAST_KAFKA__READINGS_TOPIC": f"table-readings-{tag}",
-        "SENSORCAST_KAFKA__DEAD_LETTER_TOPIC": f"table-dead-{tag}",
-        "SENSORCAST_KAFKA__GROUP_ID": f"table-{tag}",
-        "SENSORCAST_KAFKA__SESSION_TIMEOUT_MS": "3000",
-        "SENSORCAST_REDIS__KEY_PREFIX": f"tbl{tag}",
-        "SENSORCAST_ARCHIVE__ROOT": str(tmp_path / "archive"),
-    }
-    servers = ["--bootstrap", str(embedded.bootstrap)]
-    redis_url = ["--redis-url", str(embedded.redis_url)]
-    sensorcast = [sys.executable, "-m", "serving.cli"]
-    counts_table(steps=150).to_parquet(tmp_path / "counts.parquet")
-    meta = _write(
-        tmp_path / "stations.csv", "Station,lat,lon\nnorth-1,1,1\nnorth-2,1,2\neast-7,2,1\nring-3,2,2\n"
-    )
-    net_file, model = tmp_path / "net.toml", tmp_path / "model.pt"
-    _cli("network", "init", str(tmp_path / "counts.parquet"), "--out", str(net_file), "--metadata", str(meta))
-    _cli("train", "--dataset", str(net_file), "--out", str(model), "--workers", "0", "--epochs", "1")
-    log = (tmp_path / "serve.log").open("w")
-    serve = subprocess.Popen(
-        [*sensorcast, "serve", "--network", str(net_file), "--model", str(model), *servers, *redis_url],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        replay = subprocess.run(
-            [*sensorcast, "replay", str(net_file), *servers],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert replay.returncode == 0, replay.stdout[-2000:] + replay.stderr[-2000:]
-        r = redis.Redis.from_url(str(embedded.redis_url))
-        latest = Keys(f"tbl{tag}", "counts").latest
-        wait_for(
-            lambda: serve.poll() is None and len(r.hgetall(latest)) == 4,
-            timeout_s=300,
-            what=f"forecasts for the 4 stations in {latest} (serve log: {tmp_path / 'serve.log'})",
-        )
-        doc = orjson.loads(r.hget(latest, "north-1") or b"{}")
-        assert doc["model_version"].startswith("stformer") and len(doc["forecast"]) == 12
-        shown = subprocess.run(
-            [*sensorcast, "forecasts", *redis_url, "--network", "counts"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert shown.returncode == 0 and "north-1" in shown.stdout and "cars" in shown.stdout, shown.stdout
-    finally:
-        serve.send_signal(signal.SIGINT)
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-        log.close()
-    assert "serving counts (4 sensors)" in (tmp_path / "serve.log").read_text()
