@@ -322,7 +322,8 @@ def _infer_network(
 def _onto(network: Network, got: _Readings, source: str) -> tuple[_Readings, tuple[str, ...], int]:
     """Readings mapped to `network`'s sensor and feature indices: sensors it does not list and values
     outside its ranges dropped (with their counts), a network sensor or feature the table lacks refused."""
-    absent = [x for x in network.sensors if x not in set(got.sensors)]
+    present = set(got.sensors)
+    absent = [x for x in network.sensors if x not in present]
     if absent:
         raise DatasetError(
             f"{source}: no readings for {len(absent)} sensors of network {network.name!r} "
