@@ -16,6 +16,9 @@ ARG RAY_VERSION
 ARG PLATFORM
 ARG TORCH_VERSION=2.13.0
 ENV PYTHONUNBUFFERED=1
+# Arrow on the C library's malloc in every process of the image (Ray workers, training), as importing
+# `serving` sets it for the driver: pyarrow's default (mimalloc) kept growing under the archive's writes.
+ENV ARROW_DEFAULT_MEMORY_POOL=system
 
 # torch first, from the index of the platform's build: PyPI's Linux wheel carries CUDA (it brings its own
 # CUDA runtime and needs only the host's NVIDIA driver); the CPU build comes from PyTorch's own index.
