@@ -45,6 +45,9 @@ _PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 LATE_COLUMNS = ("sensor", "feature", "ts", "value", "step_ts", "partition", "offset")
 NETWORK_FILE = "network.toml"
 OPEN_DAY_PARTS = 48  # files of the open day that are merged into one (4 hours of 5-minute steps)
+# A compaction (in this process or another) may delete files between a listing and the read: list again.
+# Each retry means one more compaction finished in between, so a few are plenty.
+READ_ATTEMPTS = 5
 
 
 class ArchiveMismatch(RuntimeError):
@@ -149,11 +152,14 @@ class Archive:
         lo = -(2**62) if start_ms is None else start_ms
         hi = 2**62 if end_ms is None else end_ms
         n, f = self.network.n_sensors, self.network.n_features
-        try:
-            table = self._read_table(lo, hi)
-        except FileNotFoundError:  # a compaction removed files since this object listed them
-            self._scan()
-            table = self._read_table(lo, hi)
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                table = self._read_table(lo, hi)
+                break
+            except FileNotFoundError:  # a compaction removed files since this object listed them
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                self._scan()
         if table is None:
             return np.zeros(0, np.int64), np.zeros((0, n, f), np.float32), np.zeros((0, n, f), np.uint8)
         step = table.column("step_ts").to_numpy()

@@ -218,6 +218,34 @@ def test_closed_days_are_compacted_into_one_file_and_read_the_same(tmp_path: Pat
     assert reopened.compact() == 1 and len(list((tmp_path / "steps" / "date=2026-01-03").glob("*"))) == 1
 
 
+def test_a_reader_lists_again_each_time_a_compaction_removes_its_files(tmp_path: Path) -> None:
+    day, start = 86_400_000, 1_767_225_600_000
+    ones = np.ones((NET.n_sensors, NET.n_features), np.uint8)
+    writer = Archive(tmp_path, NET)
+    for i in range(24):  # three UTC days, one file per step
+        writer.append([SealedStep(start + i * day // 8, np.full(ones.shape, i, np.float32), ones, 0)])
+    reader = Archive(tmp_path, NET)  # lists all 24 files
+    want = reader.read()
+    real, calls = reader._read_table, []
+
+    def racing(lo: int, hi: int) -> object:
+        # another process's compactions land while the reader works: before its first read, and again
+        # between its re-listing and its second read
+        calls.append(lo)
+        if len(calls) == 2:
+            writer.append([SealedStep(start + 3 * day, want[1][0], ones, 0)])  # closes day 3
+            assert writer.compact() == 8
+        return real(lo, hi)
+
+    assert writer.compact() == 16  # days 1 and 2
+    reader._read_table = racing  # type: ignore[method-assign]
+    got = reader.read(end_ms=start + 3 * day)
+    print(f"read attempts: {len(calls)}")
+    assert len(calls) == 3
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_ingest_service_compacts_closed_days_in_the_background(tmp_path: Path) -> None:
     from stream.config import KafkaSettings, WindowSettings
     from stream.consume import IngestService
