@@ -140,7 +140,7 @@ def test_settle_heap_freezes_what_a_command_started_with(caplog: pytest.LogCaptu
         gc.unfreeze()
 
 
-def test_wrong_ray_address_is_one_line_naming_the_setting(embedded: EmbeddedRuntime) -> None:
+def test_wrong_ray_address_is_one_line_naming_the_setting(embedded: EmbeddedRuntime, tmp_path: Path) -> None:
     from serving.cluster import RayUnavailable, check_ray_address
 
     with pytest.raises(RayUnavailable, match="not host:port"):
@@ -148,7 +148,7 @@ def test_wrong_ray_address_is_one_line_naming_the_setting(embedded: EmbeddedRunt
     check_ray_address(None)  # local Ray, and `auto`, are Ray's own business
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--ray-address", "127.0.0.1:1", "--duration", "1"]
     cmd += ["--bootstrap", embedded.bootstrap, "--redis-url", embedded.redis_url, "--log-level", "error"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)  # default data dirs
     out = (proc.stdout + proc.stderr).strip()
     assert proc.returncode == 2, out
     assert out.splitlines() == [out], out  # one line, no traceback
