@@ -4,7 +4,7 @@ until `start()`.
 
 Start-up: `ensure_topics` creates the missing topics with the configured replication factor and configs,
 or, with `kafka.create_topics` false, requires them. A client that cannot start raises `BrokerUnavailable`
-(or a subclass) with one line naming the setting to fix; the CLI prints it as it is.
+(or a subclass, `stream.kafka_errors`) with one line naming the setting to fix; the CLI prints it as it is.
 
 Offsets: the consumer never auto-commits. The caller commits explicitly what `Ingestor.committable()`
 allows after the data below it is durable (archived, dead-lettered, or in the late log).
@@ -13,10 +13,8 @@ Lag comes from `consumer.highwater()`, because Tansu answers `end_offsets()` too
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
-import socket
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from stream.config import KafkaSettings
+from stream.kafka_errors import TopicsUnavailable, bootstrap_of, starting
 from stream.network import Network
 from stream.schema import encode_batch, encode_reading
 
@@ -52,89 +51,6 @@ logging.getLogger("kafka.admin.client").addFilter(_RedactSecrets())
 COMMIT_TIMEOUT_MS = 1_000  # an offset commit not acknowledged by then is skipped; the next cycle's covers it
 
 
-class BrokerUnavailable(RuntimeError):
-    """No Kafka broker answers at the configured bootstrap address."""
-
-
-class KafkaAuthFailed(BrokerUnavailable):
-    """A broker answers but refuses this client's credentials or security protocol."""
-
-
-class TopicsUnavailable(BrokerUnavailable):
-    """A topic sensorcast needs is missing and may not, or cannot, be created as configured."""
-
-
-def _bootstrap(settings: KafkaSettings) -> str:
-    if not settings.bootstrap:
-        raise BrokerUnavailable(
-            "no Kafka bootstrap address configured (kafka.bootstrap) — pass --bootstrap HOST:PORT or use "
-            "the demo"
-        )
-    return settings.bootstrap
-
-
-def _listening(bootstrap: str) -> bool:
-    """Whether any bootstrap address accepts a TCP connection (tells 'nobody there' from 'refused us')."""
-    for address in bootstrap.split(","):
-        host, _, port = address.strip().rpartition("://")[2].rpartition(":")
-        with contextlib.suppress(OSError, ValueError):
-            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
-            return True
-    return False
-
-
-def _one_line(exc: BaseException) -> str:
-    text, name = str(exc), type(exc).__name__
-    # kafka-python's errors start with their class name already
-    return " ".join((text if text.startswith(name) else f"{name}: {text}").split())
-
-
-def _credentials(s: KafkaSettings) -> str:
-    if s.sasl_mechanism is None:
-        return f"kafka.security_protocol ({s.security_protocol})"
-    return (
-        f"kafka.security_protocol ({s.security_protocol}), kafka.sasl_mechanism ({s.sasl_mechanism}), "
-        f"kafka.sasl_username ({s.sasl_username}) and kafka.sasl_password"
-    )
-
-
-def _unavailable(s: KafkaSettings, exc: Exception) -> BrokerUnavailable:
-    """The one-line start error for a client that could not reach a usable broker, naming what to fix."""
-    from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
-
-    if isinstance(exc, SaslAuthenticationFailedError):
-        return KafkaAuthFailed(
-            f"Kafka at {s.bootstrap} refused the credentials ({_one_line(exc)}) — check {_credentials(s)}"
-        )
-    if isinstance(exc, AuthorizationError):
-        return KafkaAuthFailed(
-            f"Kafka at {s.bootstrap} refused this principal ({_one_line(exc)}) — it needs DESCRIBE, READ "
-            f"and WRITE on topics {s.readings_topic} and {s.dead_letter_topic}, READ on group {s.group_id}"
-            f"{', CREATE on the cluster (kafka.create_topics)' if s.create_topics else ''}; or check "
-            f"{_credentials(s)}"
-        )
-    if s.bootstrap and _listening(s.bootstrap):
-        return KafkaAuthFailed(
-            f"a server listens at {s.bootstrap} (kafka.bootstrap) but Kafka requests to it fail "
-            f"({_one_line(exc)}) — check that it is a Kafka listener and {_credentials(s)}"
-        )
-    return BrokerUnavailable(
-        f"no Kafka broker at {s.bootstrap} (kafka.bootstrap): nothing accepts connections there "
-        f"({_one_line(exc)}) — start one, or set kafka.bootstrap / pass --bootstrap"
-    )
-
-
-@contextlib.contextmanager
-def _starting(settings: KafkaSettings) -> Iterator[None]:
-    """Around a client's construction and first requests: a Kafka error becomes one line naming a setting."""
-    from kafka.errors import KafkaError
-
-    try:
-        yield
-    except KafkaError as exc:
-        raise _unavailable(settings, exc) from exc
-
-
 def ensure_topics(settings: KafkaSettings, topics: Mapping[str, int]) -> None:
     """Make sure the topics (name -> partitions) exist before anything reads or writes them.
 
@@ -143,9 +59,9 @@ def ensure_topics(settings: KafkaSettings, topics: Mapping[str, int]) -> None:
     """
     from kafka import KafkaAdminClient
 
-    with _starting(settings):
+    with starting(settings):
         admin = KafkaAdminClient(
-            bootstrap_servers=_bootstrap(settings), request_timeout_ms=10_000, **settings.client_options()
+            bootstrap_servers=bootstrap_of(settings), request_timeout_ms=10_000, **settings.client_options()
         )
         try:
             existing = set(admin.list_topics())
@@ -202,7 +118,7 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
     survives the loss of a broker. Idempotence: the producer's own retries neither drop nor double a batch
     (explicit, so a conflicting option fails at start instead of silently turning it off)."""
     return {
-        "bootstrap_servers": _bootstrap(settings),
+        "bootstrap_servers": bootstrap_of(settings),
         "acks": "all",
         "enable_idempotence": True,
         **settings.client_options(),
@@ -232,7 +148,7 @@ class ReadingProducer:
     def start(self) -> ReadingProducer:
         from kafka import KafkaProducer
 
-        with _starting(self.settings):
+        with starting(self.settings):
             self._producer = KafkaProducer(
                 **producer_options(self.settings), linger_ms=5, max_request_size=8 * 1024 * 1024
             )
@@ -301,7 +217,7 @@ class DeadLetterProducer:
     def start(self) -> DeadLetterProducer:
         from kafka import KafkaProducer
 
-        with _starting(self.settings):
+        with starting(self.settings):
             self._producer = KafkaProducer(**producer_options(self.settings), linger_ms=2)
         return self
 
@@ -338,7 +254,7 @@ class IngestConsumer:
         """The `KafkaConsumer` keyword arguments this member uses (benchmarks reuse them for a baseline)."""
         s = self.settings
         return {
-            "bootstrap_servers": _bootstrap(s),
+            "bootstrap_servers": bootstrap_of(s),
             "group_id": s.group_id,
             "client_id": self.client_id,
             "enable_auto_commit": False,
@@ -358,7 +274,7 @@ class IngestConsumer:
     def start(self) -> IngestConsumer:
         from kafka import KafkaConsumer
 
-        with _starting(self.settings):
+        with starting(self.settings):
             self._consumer = KafkaConsumer(self.settings.readings_topic, **self.consumer_options())
         return self
 

@@ -27,16 +27,8 @@ from serving.embedded import EmbeddedKafka
 from stream.archive import Archive
 from stream.config import KafkaSettings
 from stream.consume import IngestService
-from stream.kafka_io import (
-    BrokerUnavailable,
-    DeadLetterProducer,
-    IngestConsumer,
-    KafkaAuthFailed,
-    ReadingProducer,
-    TopicsUnavailable,
-    _unavailable,
-    ensure_topics,
-)
+from stream.kafka_errors import BrokerUnavailable, KafkaAuthFailed, TopicsUnavailable, _unavailable
+from stream.kafka_io import DeadLetterProducer, IngestConsumer, ReadingProducer, ensure_topics
 from stream.network import Network
 
 NETWORK = Network.simple("kafka-settings", 3, step_ms=60_000)

@@ -25,7 +25,7 @@ from serving.config import ConfigError
 from serving.sink import SinkUnavailable
 from stream.archive import ArchiveMismatch
 from stream.datasets import DatasetError
-from stream.kafka_io import BrokerUnavailable
+from stream.kafka_errors import BrokerUnavailable
 from stream.network import NetworkError
 from stream.storage import StorageError
 from training.checkpoint import CheckpointError
