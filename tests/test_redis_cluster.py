@@ -144,6 +144,41 @@ class Failover:
     old_master: int
     new_master: int
 
+    @classmethod
+    def observe(
+        cls,
+        scenario: str,
+        *,
+        want: list[int],
+        got: list[int],
+        written: list[float],
+        window: tuple[float, float],
+        retries: int,
+        listener: Listener,
+        old: Any,
+        new: Any,
+    ) -> Failover:
+        """The figures of one run: the steps wanted and found in the stream, the times forecasts were
+        written, the failover's (start, end) and the subscriber's notifications."""
+        t0, t1 = window
+        longest, typical = _gaps(written, t0, t1)
+        return cls(
+            scenario=scenario,
+            steps=len(want),
+            missing=len(set(want) - set(got)),
+            doubled=len(got) - len(set(got)),
+            failover_s=round(t1 - t0, 3),
+            longest_gap_s=longest,
+            typical_gap_s=typical,
+            steps_during_failover=sum(t0 <= t <= t1 for t in written),
+            sink_retries=retries,
+            notes_received=len(listener.got),
+            notes_after_failover=sum(t > t1 for t, _ in listener.got),
+            resubscribed=listener.notes.resubscribed,
+            old_master=old.port,
+            new_master=new.port,
+        )
+
     def record(self, folder: Path) -> None:
         doc = asdict(self)
         (folder / f"failover-{self.scenario}.json").write_text(json.dumps(doc, indent=1))
@@ -231,22 +266,16 @@ def test_sink_loses_and_doubles_no_step_when_the_slot_fails_over(
         listener.stop()
     got = _stream_steps(sink.client, keys)
     want = [T0 + i * STEP for i in range(n_steps)]
-    longest, typical = _gaps(written, t0, t1)
-    seen = Failover(
-        scenario="sink",
-        steps=n_steps,
-        missing=len(set(want) - set(got)),
-        doubled=len(got) - len(set(got)),
-        failover_s=round(t1 - t0, 3),
-        longest_gap_s=longest,
-        typical_gap_s=typical,
-        steps_during_failover=sum(t0 <= t <= t1 for t in written),
-        sink_retries=sink.retries,
-        notes_received=len(listener.got),
-        notes_after_failover=sum(t > t1 for t, _ in listener.got),
-        resubscribed=listener.notes.resubscribed,
-        old_master=old.port,
-        new_master=new.port,
+    seen = Failover.observe(
+        "sink",
+        want=want,
+        got=got,
+        written=written,
+        window=(t0, t1),
+        retries=sink.retries,
+        listener=listener,
+        old=old,
+        new=new,
     )
     seen.record(tmp_path)
     assert not errors and not thread.is_alive(), errors
@@ -316,22 +345,16 @@ def test_pipeline_serves_through_a_failover_of_the_networks_slot(
     window = s.window.window
     want = [T0 + i * STEP for i in range(window - 1, n_steps - 1)]
     written = [t for (_, before), (t, n) in itertools.pairwise(marks) if n > before]
-    longest, typical = _gaps(written, t0, t1)
-    seen = Failover(
-        scenario="pipeline",
-        steps=len(want),
-        missing=len(set(want) - set(got)),
-        doubled=len(got) - len(set(got)),
-        failover_s=round(t1 - t0, 3),
-        longest_gap_s=longest,
-        typical_gap_s=typical,
-        steps_during_failover=sum(t0 <= t <= t1 for t in written),
-        sink_retries=retries,
-        notes_received=len(listener.got),
-        notes_after_failover=sum(t > t1 for t, _ in listener.got),
-        resubscribed=listener.notes.resubscribed,
-        old_master=old.port,
-        new_master=new.port,
+    seen = Failover.observe(
+        "pipeline",
+        want=want,
+        got=got,
+        written=written,
+        window=(t0, t1),
+        retries=retries,
+        listener=listener,
+        old=old,
+        new=new,
     )
     seen.record(tmp_path)
     assert not errors, errors
