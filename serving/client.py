@@ -240,6 +240,20 @@ class ForecastClient:
                 return _snapshot(entry_id, fields)
         return None
 
+    def events(self, count: int = 100) -> list[dict[str, Any]]:
+        """The newest `count` model lifecycle events (serving, retrain_started, promoted, rejected, drift,
+        retrain_failed, rollback), oldest first: `id`, `ts` (wall ms), `type`, `model_version`, `detail`."""
+        return [
+            {
+                "id": entry_id.decode(),
+                "ts": int(f[b"ts"]),
+                "type": f[b"type"].decode(),
+                "model_version": f[b"model_version"].decode(),
+                "detail": orjson.loads(f.get(b"detail") or b"{}"),
+            }
+            for entry_id, f in reversed(self.redis.xrevrange(self.keys.events, count=count))
+        ]
+
     def follow(self, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield each new-step notification (`step_ts`, `model_version`, `stream_id`) as it is published;
         with `timeout_s`, stop after that long without one."""

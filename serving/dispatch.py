@@ -3,7 +3,7 @@
 A micro-batch of windows `[B, window, N, F]` is split into contiguous chunks across the replicas (replicas
 by step: every actor sees the whole network, so no spatial context is cut). A chunk whose actor died is
 re-sent after a backoff until a deadline; an answer made by another version than the one the dispatcher
-holds (a restarted actor came back with its constructor's model) triggers a `load()` and a re-send.
+holds (a restarted actor comes back without a model) triggers a `load()` and a re-send.
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ class Dispatcher:
         self.last_infer_ms = 0.0
 
     def start(self) -> str:
-        """Wait until every actor hosts `spec`; returns the model version."""
+        """Send every actor the shipment and wait until each hosts it; returns the model version. A model
+        that cannot load raises here, with the actor's reason."""
+        ray.get([a.load.remote(*self.shipment.args()) for a in self.actors], timeout=self.retry_deadline_s)
         infos = ray.get([a.info.remote() for a in self.actors], timeout=self.retry_deadline_s)
         versions = {i["version"] for i in infos}
         if len(versions) != 1:
@@ -86,10 +88,16 @@ class Dispatcher:
         """Per replica: version, device, backend, Ray node id, pid, model load time."""
         return list(ray.get([a.info.remote() for a in self.actors], timeout=self.retry_deadline_s))
 
-    def placement(self) -> dict[str, list[Any]]:
-        """Where the replicas run (Ray node ids) and how long each took to load its model."""
+    def placement(self) -> dict[str, Any]:
+        """The model kind and backend the replicas serve, where they run (Ray node ids) and how long each
+        took to load its model."""
         infos = self.infos()
-        return {"nodes": [i["node"] for i in infos], "load_ms": [round(i["load_ms"], 1) for i in infos]}
+        return {
+            "kind": infos[0]["kind"],
+            "backend": infos[0]["backend"],
+            "nodes": [i["node"] for i in infos],
+            "load_ms": [round(i["load_ms"], 1) for i in infos],
+        }
 
     @property
     def spec(self) -> ModelSpec:

@@ -3,9 +3,10 @@ windows — one call per step or per micro-batch of steps, never per reading.
 
 The actor uses CUDA when it sees a GPU (`num_gpus` > 0 on a GPU node), the CPU otherwise; on a CPU a learned
 model runs in ONNX Runtime or eager torch by `ray.cpu_backend` (see `training.predictor`). Ray restarts a
-crashed actor (`max_restarts`) with its constructor's model and retries the call (`max_task_retries`); the
-dispatcher checks the version each answer carries and re-sends `load()` if a restart reverted a hot swap,
-so a step's forecast is never silently lost or made by the wrong model. `load()` swaps the model
+crashed actor (`max_restarts`) from its small constructor arguments (no model) and retries the call
+(`max_task_retries`); the dispatcher checks the version each answer carries and re-sends `load()` when a
+restarted actor answers without the model, so a step's forecast is never silently lost or made by the
+wrong model. `load()` swaps the model
 between calls (hot swap): calls are processed one at a time, so a batch is forecast by exactly one version.
 
 A checkpoint never reaches an actor as a path on the driver's disk (the actor may run on another node):
@@ -92,13 +93,15 @@ def build_predictor(
 
 
 class Forecaster:
-    """The actor body (a plain class, so it is testable without Ray); `make_actor` starts it as a Ray actor."""
+    """The actor body (a plain class, so it is testable without Ray); `make_actor` starts it as a Ray actor.
+
+    The constructor takes no model: its arguments stay small and inline, so Ray can always restart the actor
+    from them (a checkpoint's bytes in the object store as a constructor argument could be gone by then).
+    The model comes with `load()`, right after creation and again after a restart (the dispatcher sees the
+    empty version a restarted actor answers with)."""
 
     def __init__(
         self,
-        ref: str,
-        sha256: str | None,
-        blob: bytes | None,
         network: dict[str, Any],
         window: int,
         horizon: int,
@@ -114,46 +117,64 @@ class Forecaster:
         self.horizon = horizon
         self.cpu_backend = cpu_backend
         self.storage = storage
+        self.predictor: Any = None
+        self.failed: BaseException | None = None  # why the first model did not load
         self.spec = ""
         self.calls = 0
         self.load_ms = 0.0
-        self.load(ref, sha256, blob)
 
     def load(self, ref: str, sha256: str | None = None, blob: bytes | None = None) -> str:
         """Hot swap: load a new model (bytes, or read from `ref`); returns its version. The old one serves
         until this returns."""
         t0 = time.perf_counter()
-        predictor = build_predictor(
-            ModelSpec(ref, sha256),
-            self.network,
-            self.window,
-            self.horizon,
-            self.cpu_backend,
-            blob=blob,
-            storage=self.storage,
-        )
-        self.predictor, self.spec = predictor, ref
+        try:
+            predictor = build_predictor(
+                ModelSpec(ref, sha256),
+                self.network,
+                self.window,
+                self.horizon,
+                self.cpu_backend,
+                blob=blob,
+                storage=self.storage,
+            )
+        except Exception as exc:
+            if self.predictor is None:
+                self.failed = exc
+            raise
+        self.predictor, self.spec, self.failed = predictor, ref, None
         self.load_ms = (time.perf_counter() - t0) * 1000
         return str(predictor.version)
 
+    def _model(self) -> Any:
+        if self.predictor is None:
+            raise RuntimeError(
+                f"no model loaded: {self.failed}" if self.failed else "no model loaded yet: call load() first"
+            )
+        return self.predictor
+
     def info(self) -> dict[str, Any]:
+        p = self._model()
         return {
-            "version": self.predictor.version,
-            "device": str(self.predictor.device),
-            "backend": self.predictor.backend,
+            "version": p.version,
+            "kind": p.kind,
+            "device": str(p.device),
+            "backend": p.backend,
             "pid": os.getpid(),
             "calls": self.calls,
             "spec": self.spec,
             "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
             "load_ms": self.load_ms,
-            "targets": list(self.predictor.targets),
-            "out_features": list(self.predictor.out_features),
+            "targets": list(p.targets),
+            "out_features": list(p.out_features),
         }
 
     def forecast(
         self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
     ) -> tuple[np.ndarray, str, float]:
-        """values, mask: [B, window, N, F]; step_ts: [B, window]. Returns ([B, H, N, out], version, ms)."""
+        """values, mask: [B, window, N, F]; step_ts: [B, window]. Returns ([B, H, N, out], version, ms); a
+        restarted actor without a model answers version "" and no forecasts (the dispatcher reloads it)."""
+        if self.predictor is None:
+            return np.empty(0, np.float32), "", 0.0
         t0 = time.perf_counter()
         out = self.predictor.predict(values, mask, step_ts)  # [B, H, N, out]
         self.calls += 1
@@ -162,13 +183,13 @@ class Forecaster:
 
 def make_actor(
     settings: RaySettings,
-    shipment: Shipment,
     network: Network,
     window: int,
     horizon: int,
     storage: StorageSettings,
 ) -> Any:
-    """Start one forecaster actor with fractional resources and deliberate restart/retry policy."""
+    """Start one forecaster actor, without a model yet, with fractional resources and a deliberate
+    restart/retry policy; `Dispatcher.start()` (or the caller) sends it its model with `load()`."""
     actor_cls = ray.remote(Forecaster).options(
         num_cpus=settings.actor_num_cpus,
         num_gpus=settings.actor_num_gpus,
@@ -177,11 +198,5 @@ def make_actor(
         max_task_retries=settings.actor_max_task_retries,
     )
     return actor_cls.remote(
-        *shipment.args(),
-        network.to_dict(),
-        window,
-        horizon,
-        settings.actor_torch_threads,
-        settings.cpu_backend,
-        storage,
+        network.to_dict(), window, horizon, settings.actor_torch_threads, settings.cpu_backend, storage
     )

@@ -41,3 +41,9 @@ def configure(level: str = "INFO") -> None:
     logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
     # its selector warns whenever a loaded CPU delays its event loop by >100 ms: not actionable
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+    # a socket read racing the client's own close() reports an error on a transport already closed
+    logging.getLogger("kafka.net.transport").addFilter(_not_after_close)
+
+
+def _not_after_close(record: logging.LogRecord) -> bool:
+    return "(closed)>" not in record.getMessage()

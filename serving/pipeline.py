@@ -75,7 +75,7 @@ class ServePipeline:
         spec, registry = serving_model(s, self.spec, network)
         shipment = ship(spec, s.storage)
         actors = self.actors or [
-            make_actor(s.ray, shipment, network, window, horizon, s.storage) for _ in range(s.ray.replicas)
+            make_actor(s.ray, network, window, horizon, s.storage) for _ in range(s.ray.replicas)
         ]
         dispatcher = Dispatcher(actors, shipment)
         metrics = ServeMetrics()

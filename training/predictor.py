@@ -26,6 +26,7 @@ from stream.storage import Location
 from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
 from training.checkpoint import load_checkpoint
 from training.data import DAY_MS, time_features
+from training.model import MODEL_CLASSES
 from training.onnx_backend import OnnxBackendError, OnnxModel, onnx_available
 from training.scaler import StandardScaler
 
@@ -87,6 +88,14 @@ class Predictor:
             )
         if backend != "torch" and learned and self.device.type == "cpu":
             self._start_onnx(strict=backend == "onnx")
+
+    @property
+    def kind(self) -> str:
+        """The model kind (stformer, seq2seq, persistence, historical_average), as checkpoints name it."""
+        return next(
+            (k for k, (_, cls) in MODEL_CLASSES.items() if isinstance(self.model, cls)),
+            type(self.model).__name__,
+        )
 
     def _start_onnx(self, *, strict: bool) -> None:
         try:

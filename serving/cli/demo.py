@@ -4,6 +4,7 @@ Redis, retraining on the archive and hot-swapping — with a live table and the 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import threading
 import time
@@ -28,6 +29,7 @@ from serving.cli.common import (
 from serving.forecaster import ModelSpec
 from serving.memory import rss_mb, settle_heap
 from stream.clock import wall_ms
+from stream.simulate import DAY_MS
 
 # The demo's retraining: a first job once ~300 steps are archived (2.5 min at the default speed, six
 # simulated days of 30-minute steps), then every 300 steps or on drift; a small STFormer on 2 Ray Train
@@ -38,7 +40,7 @@ DEMO_RETRAIN = {
     "holdout_steps": 48,
     "history_steps": 1000,
     "epochs": 30,
-    "time_budget_s": 150.0,
+    "time_budget_s": 40.0,
     "workers": 2,
     "drift_patience": 20,
     "backoff_s": 30.0,
@@ -52,6 +54,9 @@ def demo(
         float, typer.Option(help="simulated time per real time (3600: two 30-min steps per second)")
     ] = 3600.0,
     step_minutes: Annotated[int, typer.Option(help="grid step of the simulated network")] = 30,
+    history_days: Annotated[
+        float, typer.Option(help="simulated history published at full speed before going live")
+    ] = 14.0,
     model: Annotated[
         str, typer.Option(help="baseline:persistence or a checkpoint path")
     ] = "baseline:persistence",
@@ -66,6 +71,9 @@ def demo(
     ray_address: RayAddress = None,
     config: ConfigFile = None,
     log_level: LogLevel = "warning",
+    summary_json: Annotated[
+        Path | None, typer.Option(help="write the run's figures and model timeline here (JSON)")
+    ] = None,
 ) -> None:
     """Run the whole path locally: simulator → Kafka → windows → Ray actor → Redis, with a live table."""
     from serving.cli.live import LiveView
@@ -84,13 +92,16 @@ def demo(
             for folder in (settings.archive.root, settings.retrain.registry):
                 shutil.rmtree(folder, ignore_errors=True)
         network = network_for(settings, sensors, step_ms=step_minutes * 60_000)
+        history = int(history_days * DAY_MS // network.step_ms)
+        if history > settings.retrain.holdout_steps:  # the first job starts once the history is archived
+            settings.retrain.min_steps = history - settings.retrain.holdout_steps
         pipeline = ServePipeline(settings, network, ModelSpec(model), client_id="sensorcast-demo")
         stop = threading.Event()
         sim_error: list[BaseException] = []
 
         def produce() -> None:
             try:
-                backfill = settings.window.window + 2
+                backfill = settings.window.window + 2 + history
                 start = wall_ms() - backfill * network.step_ms
                 run_simulation(
                     settings.kafka, network, speed=speed, start_ts=start, backfill_steps=backfill, stop=stop
@@ -120,7 +131,11 @@ def demo(
             running.close()
         if sim_error:
             raise sim_error[0]
-        view.summary(extra={"embedded_rss_mb": _embedded_rss(), "driver_rss_mb": round(rss_mb(), 1)})
+        figures = view.summary(
+            extra={"embedded_rss_mb": _embedded_rss(), "driver_rss_mb": round(rss_mb(), 1)}
+        )
+        if summary_json is not None:
+            summary_json.write_text(json.dumps({"history_steps": history, **figures}, indent=1))
 
 
 def _embedded_rss() -> dict[str, float]:

@@ -212,19 +212,7 @@ class DashboardReader:
 
     # -- metrics, events, health -----------------------------------------------------------------------
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
-        out = []
-        for entry_id, f in reversed(self.redis.xrevrange(self.keys.events, count=limit)):
-            detail = orjson.loads(f.get(b"detail", b"{}") or b"{}")
-            out.append(
-                {
-                    "id": entry_id.decode(),
-                    "ts": int(f[b"ts"]),
-                    "type": f[b"type"].decode(),
-                    "model_version": f[b"model_version"].decode(),
-                    "detail": clean(detail),
-                }
-            )
-        return out
+        return [{**e, "detail": clean(e["detail"])} for e in self.client.events(limit)]
 
     def online(self, limit: int = 500) -> dict[str, Any]:
         """Rolling MAE per horizon over time (`history`), all-time scores per version, lifecycle events."""

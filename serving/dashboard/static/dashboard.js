@@ -59,8 +59,18 @@ function axes(svg, x, y, box, xTicks, yTicks) {
     el(g, "line", { x1: box.l, x2: box.r, y1: y(v), y2: y(v) });
     el(g, "text", { x: box.l - 4, y: y(v) + 4, "text-anchor": "end" }, fmt(v, digits));
   }
-  for (const t of xTicks) el(g, "text", { x: x(t), y: box.b + 14, "text-anchor": "middle" }, hhmm(t));
+  // dated ticks: the first tick and each tick on a new UTC day carry the date, the others the time
+  const step = xTicks.length > 1 ? xTicks[1] - xTicks[0] : 0;
+  let day = null;
+  for (const t of xTicks) {
+    const d = new Date(t), date = `${MONTHS[d.getUTCMonth()]} ${d.getUTCDate()}`;
+    const label = step >= 86400000 ? date : (date !== day ? `${date} ${hhmm(t)}` : hhmm(t));
+    day = date;
+    el(g, "text", { x: x(t), y: box.b + 14, "text-anchor": "middle", class: "tick-x" }, label);
+  }
+  el(g, "text", { x: box.l - 6, y: box.b + 14, "text-anchor": "end", class: "axis-unit" }, "UTC");
 }
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 function ticks(lo, hi, n) {  // round numbers (1, 2 or 5 × 10^k apart) covering lo..hi
   const raw = (hi - lo) / n || 1, mag = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 5, 10].map((m) => m * mag).find((v) => v >= raw);
@@ -121,7 +131,7 @@ function drawFan(view) {
   const svg = $("fan");
   $("sensor-title").textContent = `Sensor ${view.sensor}`;
   $("fan-version").textContent = view.model_version || "–";
-  $("fan-caption").textContent = `${view.feature}${view.unit ? " (" + view.unit + ")" : ""} · ${view.actuals.length} recent steps, forecasts of the last ${view.forecasts.length} steps`;
+  $("fan-caption").textContent = `${view.feature}${view.unit ? " (" + view.unit + ")" : ""} · ${view.actuals.length} recent steps, forecasts issued at the last ${view.forecasts.length} steps`;
   if (!view.actuals.length && !view.forecasts.length) return empty(svg, "no data for this sensor yet");
   clear(svg);
   const box = { l: 44, r: 575, t: 10, b: 356 };
@@ -133,7 +143,8 @@ function drawFan(view) {
   const [v0, v1] = [yTicks[0], yTicks[yTicks.length - 1]];
   const x = scale(t0, t1, box.l, box.r), y = scale(v0, v1, box.b, box.t);
   axes(svg, x, y, box, timeTicks(t0, t1, 6), yTicks);
-  // the fan: min..max over the forecasts that target each step
+  // the spread: min..max over the recent forecasts that target each step (how much successive forecasts
+  // disagree; not a prediction interval: the models give no uncertainty yet)
   const byTarget = new Map();
   for (const line of lines) for (const [t, v] of line) if (v != null) byTarget.set(t, (byTarget.get(t) || []).concat(v));
   const band = [...byTarget.entries()].sort((a, b) => a[0] - b[0]);
@@ -190,12 +201,15 @@ function drawMae(online) {
       legend.push(`<span><span class="key" style="background:${colour}"></span>h${h + 1} ${fmt(hist[hist.length - 1].mae[h])}</span>`);
     }
   }
+  let lastX = -Infinity, row = 0;
   for (const e of online.events) {
     if (e.at_step_ts == null) continue;
     const ex = x(e.at_step_ts), colour = EVENT_COLOURS[e.type] || "#64748b";
+    row = ex - lastX < 120 ? row + 1 : 0;  // labels of events close together go on the next line down
+    lastX = ex;
     const line = el(svg, "line", { class: `event event-${e.type}`, x1: ex, x2: ex, y1: box.t, y2: box.b, stroke: colour });
     el(line, "title", {}, `${e.type} ${e.model_version} at ${stamp(e.ts)}`);
-    el(svg, "text", { x: ex + 3, y: box.t + 8, style: `fill:${colour}` }, `${e.type} ${e.model_version}`);
+    el(svg, "text", { x: ex + 3, y: box.t + 8 + 11 * (row % 4), style: `fill:${colour}` }, `${e.type} ${e.model_version}`);
   }
   $("mae-legend").innerHTML = legend.join(" ");
 }
