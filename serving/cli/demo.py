@@ -31,16 +31,17 @@ from serving.memory import rss_mb, settle_heap
 from stream.clock import wall_ms
 from stream.simulate import DAY_MS
 
-# The demo's retraining: a first job once ~300 steps are archived (2.5 min at the default speed, six
-# simulated days of 30-minute steps), then every 300 steps or on drift; a small STFormer on 2 Ray Train
-# workers × 0.5 CPU, warm-started from the champion after the first promotion.
+# The demo's retraining: a first job as soon as the simulated history (`--history-days`, published at full
+# speed before going live) is archived, then every 300 steps (2.5 min at the default speed) or on drift; a
+# small STFormer on 2 Ray Train workers × 0.5 CPU for at most 30 s, warm-started from the champion after
+# the first promotion. `min_steps` is replaced by the history's length when there is one.
 DEMO_RETRAIN = {
     "every_steps": 300,
     "min_steps": 250,
     "holdout_steps": 48,
     "history_steps": 1000,
     "epochs": 30,
-    "time_budget_s": 40.0,
+    "time_budget_s": 30.0,
     "workers": 2,
     "drift_patience": 20,
     "backoff_s": 30.0,
@@ -87,6 +88,8 @@ def demo(
     settings = settings_from(
         config, bootstrap, redis_url, ray_address, archive=archive_settings, retrain=retrain_settings
     )
+    if settings.kafka.bootstrap is None:  # the embedded broker: join its group in ~1.5 s, not ~3 s
+        settings.kafka.session_timeout_ms = min(settings.kafka.session_timeout_ms, 3000)
     with runtime(settings) as settings, ray_session(settings):
         if not bootstrap:  # the embedded broker starts empty: so do the archive and the registry
             for folder in (settings.archive.root, settings.retrain.registry):
