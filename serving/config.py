@@ -43,6 +43,12 @@ class RedisSettings(BaseModel):
     key_prefix: str = Field(default="sc", description="every key starts with '<prefix>:{<network>}:'")
     ttl_s: int = Field(default=86_400, ge=1, description="expiry of forecast keys")
     stream_maxlen: int = Field(default=2_000, ge=1, description="approximate cap of the forecast stream")
+    lease_ttl_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a network's writer lease expires this long after its holder stopped renewing it; a "
+        "second pipeline for the network waits this long for it, then is refused",
+    )
 
     def client_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {}
@@ -62,6 +68,12 @@ class RaySettings(BaseModel):
         default=None, description="None = start a local Ray; 'auto' or ray://host:port"
     )
     actor_num_cpus: float = Field(default=0.25, gt=0)
+    pipeline_num_cpus: float = Field(
+        default=0.25, gt=0, description="CPUs a network's pipeline actor reserves (serve --deployment)"
+    )
+    pipeline_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources a pipeline actor requires (placement)"
+    )
     actor_num_gpus: float = Field(default=0.0, ge=0, description="fraction of a GPU per forecaster actor")
     actor_resources: dict[str, float] = Field(
         default_factory=dict,

@@ -19,6 +19,8 @@ prefix and the network name may not contain braces themselves. With the defaults
 | `sc:{sim}:health` | hash | ingest health, refreshed about once a second: `ledger` (JSON totals), `dead_by_reason` (JSON), `lag` (JSON per partition), `watermark`, `last_sealed`, `steps_forecast`, `readings_per_s`, `model_version`, `unarchived_steps`, `archive_failures`, `updated_ms` |
 | `sc:{sim}:events` | stream | model lifecycle: `ts`, `type` (serving — also after a rollback or promotion, with the actors' Ray nodes —, actors_recovered, drift, retrain_started, retrain_failed, promoted, rejected), `model_version`, `detail` (JSON); capped, no TTL |
 | `sc:{sim}:sensors` | string | JSON list of sensor ids in network order (the N axis of `values`) |
+| `sc:{sim}:lease` | string | `<epoch>:<owner>` of the one pipeline allowed to write this network's keys (`serving.lease`); expires unless renewed |
+| `sc:{sim}:lease:epoch` | string | the fencing counter: incremented by every acquisition, never expires |
 
 Everything but `events` expires after `ttl_s` (refreshed on each write; `sensors` with each health
 update), the streams are capped, and the idempotency record is trimmed to the TTL window. Plain redis-cli
@@ -92,3 +94,11 @@ class Keys:
     @property
     def events(self) -> str:
         return f"{self.base}:events"
+
+    @property
+    def lease(self) -> str:
+        return f"{self.base}:lease"
+
+    @property
+    def lease_epoch(self) -> str:
+        return f"{self.base}:lease:epoch"

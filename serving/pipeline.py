@@ -25,6 +25,7 @@ from serving.dispatch import Dispatcher
 from serving.forecaster import ModelSpec, make_actor, ship
 from serving.forecasting import StepForecasts
 from serving.keys import Keys
+from serving.lease import Lease
 from serving.lifecycle import Follower, ModelLifecycle, serving_model
 from serving.metrics import ServeMetrics
 from serving.online import OnlineEvaluator
@@ -56,6 +57,7 @@ class ServePipeline:
         now: Callable[[], int] = wall_ms,
         client_id: str = "sensorcast-serve",
         actors: list[Any] | None = None,
+        lease_owner: str | None = None,
     ) -> None:
         self.settings = settings
         self.network = network
@@ -63,13 +65,25 @@ class ServePipeline:
         self.now = now
         self.client_id = client_id
         self.actors = actors  # forecaster actors to use instead of starting `ray.replicas` new ones
+        self.lease_owner = lease_owner  # who holds the network's writer lease (default: `default_owner()`)
 
     def start(self, *, serve_metrics: bool = False) -> RunningPipeline:
         """Connect Redis, resolve the model, start the actors and ingest, recover from the archive and
         Redis; a failure once ingest has started closes it again."""
         s, network = self.settings, self.network
-        window, horizon = s.window.window, s.window.horizon
         client = connect(s.redis)
+        keys = Keys(s.redis.key_prefix, network.name)
+        lease = Lease(client, keys, ttl_s=s.redis.lease_ttl_s, owner=self.lease_owner)
+        lease.acquire()  # before anything is written or consumed: one pipeline per network
+        try:
+            return self._start(client, lease, serve_metrics)
+        except BaseException:
+            lease.release()
+            raise
+
+    def _start(self, client: Client, lease: Lease, serve_metrics: bool) -> RunningPipeline:
+        s, network = self.settings, self.network
+        window, horizon = s.window.window, s.window.horizon
         archive = Archive(s.archive.root, network, s.storage)
         check(archive.root, "archive.root")
         spec, registry = serving_model(s, self.spec, network)
@@ -148,6 +162,7 @@ class ServePipeline:
                 ),
                 lifecycle=lifecycle,
                 metrics=metrics,
+                lease=lease,
             )
             running.recover(ingest.resumed_after)
             if serve_metrics:
@@ -183,6 +198,7 @@ class RunningPipeline:
     forecasts: StepForecasts
     lifecycle: ModelLifecycle
     metrics: ServeMetrics
+    lease: Lease  # this pipeline's right to write the network's keys; renewed every cycle
     metrics_port: int | None = None  # where /metrics is served, when it is
     _next_health: float = field(default=0.0, init=False)
     _health_mark: tuple[float, int] = field(init=False, default_factory=lambda: (time.monotonic(), 0))
@@ -209,6 +225,7 @@ class RunningPipeline:
     def close(self) -> None:
         self.lifecycle.close()
         self.ingest.close()
+        self.lease.release()
 
     # -- recovery --------------------------------------------------------------------------------------
     def recover(self, resume: int | None) -> None:
@@ -227,6 +244,7 @@ class RunningPipeline:
     def poll_once(self, timeout_ms: int = 200) -> int:
         """One cycle; returns the number of steps forecast."""
         before = self.steps_forecast
+        self.lease.renew()  # LeaseLost: another pipeline took the network over; stop here
         self.ingest.poll_once(timeout_ms, on_sealed=self._on_sealed)
         self.lifecycle.poll()
         if time.monotonic() >= self._next_health:

@@ -17,11 +17,13 @@ from typer.exceptions import TyperException
 from serving.cli.common import console
 from serving.cli.dashboard import dashboard
 from serving.cli.demo import demo
+from serving.cli.fleet import status
 from serving.cli.models import models_app
 from serving.cli.network import network_app
 from serving.cli.ops import forecasts, ingest, replay, serve, simulate
 from serving.cli.plots import plot_app
 from serving.config import ConfigError
+from serving.lease import LeaseHeld, LeaseLost
 from serving.sink import SinkUnavailable
 from stream.archive import ArchiveMismatch
 from stream.datasets import DatasetError
@@ -33,7 +35,7 @@ from training.cli import app as training_app
 from training.registry import RegistryError
 
 app = typer.Typer(help="sensorcast: streaming forecasts for sensor networks.", no_args_is_help=True)
-for _command in (demo, serve, simulate, ingest, replay, forecasts, dashboard):
+for _command in (demo, serve, simulate, ingest, replay, forecasts, status, dashboard):
     app.command()(_command)
 app.registered_commands.extend(training_app.registered_commands)  # train, evaluate, explain
 app.add_typer(plot_app, name="plot")
@@ -52,6 +54,8 @@ _USER_ERRORS: tuple[type[Exception], ...] = (
     RegistryError,
     ConfigError,
     SinkUnavailable,
+    LeaseHeld,
+    LeaseLost,
 )
 
 

@@ -29,6 +29,7 @@ from serving.cli.common import (
 from serving.forecaster import ModelSpec
 from serving.memory import rss_mb, settle_heap
 from stream.clock import wall_ms
+from stream.kafka_io import ensure_topics
 from stream.simulate import DAY_MS
 
 # The demo's retraining: a first job as soon as the simulated history (`--history-days`, published at full
@@ -90,7 +91,9 @@ def demo(
     )
     if settings.kafka.bootstrap is None:  # the embedded broker: join its group in ~1.5 s, not ~3 s
         settings.kafka.session_timeout_ms = min(settings.kafka.session_timeout_ms, 3000)
-    with runtime(settings) as settings, ray_session(settings):
+    stop = threading.Event()
+    sim_error: list[BaseException] = []
+    with runtime(settings) as settings:
         if not bootstrap:  # the embedded broker starts empty: so do the archive and the registry
             for folder in (settings.archive.root, settings.retrain.registry):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -98,9 +101,6 @@ def demo(
         history = int(history_days * DAY_MS // network.step_ms)
         if history > settings.retrain.holdout_steps:  # the first job starts once the history is archived
             settings.retrain.min_steps = history - settings.retrain.holdout_steps
-        pipeline = ServePipeline(settings, network, ModelSpec(model), client_id="sensorcast-demo")
-        stop = threading.Event()
-        sim_error: list[BaseException] = []
 
         def produce() -> None:
             try:
@@ -113,25 +113,36 @@ def demo(
                 sim_error.append(exc)
                 stop.set()
 
-        running = pipeline.start(serve_metrics=True)
-        if dashboard:
-            from serving.dashboard.app import start_in_thread
-
-            url = start_in_thread(settings.redis, network, registry=data_dir / "registry").url
-            console.print(f"dashboard: [bold]{url}[/bold]")
+        # The simulator publishes while Ray starts (~6 s), and torch is imported meanwhile: the first
+        # windows wait in Kafka when the pipeline joins its group.
+        k = settings.kafka
+        ensure_topics(k, {k.readings_topic: k.partitions, k.dead_letter_topic: 1})
         producer = threading.Thread(target=produce, name="simulator", daemon=True)
-        settle_heap()
         producer.start()
-        view = LiveView(console, running, show=show, started=t_start)
+        threading.Thread(target=_import_models, name="warm-up", daemon=True).start()
         try:
-            with view:
-                running.run(duration_s=duration or None, stop=stop, on_cycle=view.update)
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/yellow]")
+            with ray_session(settings):
+                running = ServePipeline(
+                    settings, network, ModelSpec(model), client_id="sensorcast-demo"
+                ).start(serve_metrics=True)
+                if dashboard:
+                    from serving.dashboard.app import start_in_thread
+
+                    url = start_in_thread(settings.redis, network, registry=data_dir / "registry").url
+                    console.print(f"dashboard: [bold]{url}[/bold]")
+                settle_heap()
+                view = LiveView(console, running, show=show, started=t_start)
+                try:
+                    with view:
+                        running.run(duration_s=duration or None, stop=stop, on_cycle=view.update)
+                except KeyboardInterrupt:
+                    console.print("[yellow]interrupted[/yellow]")
+                finally:
+                    stop.set()
+                    producer.join(timeout=10)
+                    running.close()
         finally:
             stop.set()
-            producer.join(timeout=10)
-            running.close()
         if sim_error:
             raise sim_error[0]
         figures = view.summary(
@@ -139,6 +150,14 @@ def demo(
         )
         if summary_json is not None:
             summary_json.write_text(json.dumps({"history_steps": history, **figures}, indent=1))
+
+
+def _import_models() -> None:
+    """What the pipeline's start needs next (the registry's first checkpoint): imported while Ray starts."""
+    import torch  # noqa: F401
+
+    import training.checkpoint
+    import training.registry  # noqa: F401
 
 
 def _embedded_rss() -> dict[str, float]:

@@ -259,6 +259,10 @@ def serve(
         str | None, typer.Option(help="registry for retraining: a folder or URI (s3://bucket/prefix)")
     ] = None,
     network_file: Annotated[Path | None, typer.Option("--network", help="network TOML/JSON")] = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(help="a deployment file: serve every network it lists, each in a Ray pipeline actor"),
+    ] = None,
     duration: Annotated[float, typer.Option(help="seconds to run (0 = until Ctrl-C)")] = 0.0,
     bootstrap: Bootstrap = None,
     redis_url: RedisUrl = None,
@@ -269,6 +273,11 @@ def serve(
     """Ingest readings, forecast every sealed step with Ray actors, write forecasts to Redis."""
     from serving.pipeline import ServePipeline
 
+    if deployment is not None:
+        from serving.cli.fleet import serve_options_deployment
+
+        serve_options_deployment(deployment, duration, bootstrap, redis_url, ray_address, config, log_level)
+        return
     logs.configure(log_level)
     settings = settings_from(
         config, bootstrap, redis_url, ray_address, retrain={"enabled": retrain, "registry": registry}
