@@ -43,6 +43,52 @@ def simulated_network(
     )
 
 
+def road_network(
+    n_sensors: int, *, name: str = "road", step_ms: int = 300_000, seed: int = 0, spacing: float = 0.005
+) -> Network:
+    """A planar street grid of any size: sensors at the junctions of a jittered grid about `spacing` degrees
+    (~500 m) apart, numbered row by row; one-way streets alternate direction row by row and column by
+    column, about 15 % of street segments are missing (never leaving a junction with fewer than 2), and
+    about 5 % of blocks have a diagonal avenue (weight 0.5). Coordinates are lon/lat-like around Los Angeles."""
+    if n_sensors < 2:
+        raise ValueError("a road network needs at least 2 sensors")
+    rng = np.random.default_rng(seed)
+    cols = math.ceil(math.sqrt(n_sensors))
+    row, col = np.divmod(np.arange(n_sensors), cols)
+    streets: list[tuple[int, int]] = []
+    for i in range(n_sensors):
+        r, c = int(row[i]), int(col[i])
+        if c + 1 < cols and i + 1 < n_sensors:  # east-west street: even rows flow east
+            streets.append((i, i + 1) if r % 2 == 0 else (i + 1, i))
+        if i + cols < n_sensors:  # north-south street: even columns flow north
+            streets.append((i, i + cols) if c % 2 == 0 else (i + cols, i))
+    degree = np.zeros(n_sensors, dtype=np.int64)
+    for a, b in streets:
+        degree[a] += 1
+        degree[b] += 1
+    edges: list[tuple[int, int, float]] = []
+    for a, b in streets:
+        if rng.random() < 0.15 and degree[a] > 2 and degree[b] > 2:
+            degree[a] -= 1
+            degree[b] -= 1
+            continue
+        edges.append((a, b, 1.0))
+    for i in range(n_sensors):  # one diagonal per block at most: the grid stays planar
+        if col[i] + 1 < cols and i + cols + 1 < n_sensors and rng.random() < 0.05:
+            edges.append((i, i + cols + 1, 0.5))
+    jitter = rng.uniform(-0.3, 0.3, size=(n_sensors, 2)) * spacing
+    lon = -118.5 + spacing * col + jitter[:, 0]
+    lat = 33.9 + spacing * row + jitter[:, 1]
+    return Network(
+        name=name,
+        sensors=tuple(f"s{i:05d}" for i in range(n_sensors)),
+        features=(Feature("speed", "mph", 0.0, 120.0),),
+        step_ms=step_ms,
+        coords=tuple((float(x), float(y)) for x, y in zip(lon, lat, strict=True)),
+        edges=tuple(edges),
+    )
+
+
 @dataclass
 class SimulatorConfig:
     noise: float = 2.0  # mph, innovation of the correlated noise

@@ -16,6 +16,7 @@ from training.attention import attend
 from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.data import time_features
+from training.partition import partition
 from training.scaler import StandardScaler
 from training.seq2seq import AttentionSeq2Seq, Seq2SeqConfig
 from training.stformer import STFormer, STFormerConfig
@@ -26,6 +27,26 @@ B, T, N, F, H = 3, 6, 4, 2, 3
 TARGETS = (0,)
 
 TINY_ST = dict(input_dim=8, tod_dim=4, dow_dim=4, adaptive_dim=8, heads=2, ffn_dim=16, dropout=0.0)
+
+
+def _blocks_stformer() -> STFormer:
+    """Spatial attention within blocks of 3 of the 4 sensors (home + halo), graph bias, two spatial layers."""
+    blocks = partition(Network.simple("tiny", N, ["speed", "flow"]), 3)
+    config = STFormerConfig(
+        n_nodes=N,
+        in_features=F,
+        window=T,
+        horizon=H,
+        temporal_layers=1,
+        spatial_layers=2,
+        graph_bias=True,
+        block_size=3,
+        n_blocks=blocks.count,
+        **TINY_ST,
+    )
+    return STFormer(config).set_blocks(blocks).set_graph([(0, 1, 2.0), (1, 2, 1.0)])
+
+
 MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
     "persistence": ("persistence", lambda: Persistence(PersistenceConfig(horizon=H, targets=TARGETS))),
     "historical_average": (
@@ -78,6 +99,7 @@ MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
             )
         ).set_graph([(0, 1, 2.0), (1, 2, 1.0)]),
     ),
+    "stformer-blocks-graph": ("stformer", lambda: _blocks_stformer()),
 }
 LEARNED = [k for k, (kind, _) in MODELS.items() if kind in ("seq2seq", "stformer")]
 

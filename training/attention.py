@@ -100,24 +100,67 @@ class SelfAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, h: torch.Tensor, bias: torch.Tensor | None = None, need_weights: bool = False
+        self,
+        h: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        need_weights: bool = False,
+        blocks: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """h [M, L, D], bias [heads, L, L] added to the attention logits (or None) -> [M, L, D] and, with
-        `need_weights`, the attention weights [M, heads, L, L] (else None)."""
+        `need_weights`, the attention weights [M, heads, L, L] (else None).
+
+        With `blocks` = (members [P, S], home [L]) (`training.partition.Blocks`), attention runs within each
+        block of S positions only, bias [P, heads, S, S]: every position is gathered into the blocks it is a
+        member of, and keeps the output of its home slot. The projections and the feed-forward still run once
+        per position; only the scores are per block. Weights then come back as [M, heads, L, L], zero
+        outside each position's block."""
         m, length, d = h.shape
+        dh = d // self.heads
         x = h.reshape(m * length, d)  # [M*L, D]: 2-D linear layers (an ONNX export fuses their bias adds)
-        q, k, v = self.qkv(self.norm1(x)).reshape(m, length, 3, self.heads, d // self.heads).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [M, heads, L, d/heads]
+        qkv = self.qkv(self.norm1(x))  # [M*L, 3D]
+        groups, seq = 1, length
+        if blocks is not None:
+            members = blocks[0]
+            groups, seq = members.shape
+            qkv = qkv.reshape(m, length, 3 * d).index_select(1, members.reshape(-1))  # [M, P*S, 3D]
+            if bias is not None:
+                bias = bias.reshape(groups * self.heads, seq, seq)  # [P*heads, S, S]
+        # [M, P*heads, S, dh]: the blocks ride along the heads axis, so the bias of block p, head j applies
+        # to that (block, head) of every sequence
+        q, k, v = (
+            t.transpose(2, 3).reshape(m, groups * self.heads, seq, dh)
+            for t in qkv.reshape(m, groups, seq, 3, self.heads, dh).unbind(3)
+        )
         weights = None
         if need_weights:  # written out: the fused kernels do not return their weights
-            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [M, heads, L, L]
+            scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # [M, P*heads, S, S]
             weights = (scores if bias is None else scores + bias).softmax(-1)
             att = weights @ v
         else:
             p = self.dropout.p if self.training else 0.0
-            att = attend(q, k, v, bias, p, self.training)  # [M, heads, L, d/h]
-        x = x + self.dropout(self.out(att.transpose(1, 2).reshape(m * length, d)))
+            att = attend(q, k, v, bias, p, self.training)  # [M, P*heads, S, dh]
+        att = att.reshape(m, groups, self.heads, seq, dh).transpose(2, 3).reshape(m, groups * seq, d)
+        if blocks is not None:
+            att = att.index_select(1, blocks[1])  # [M, L, D]: each position's home slot (blocks[1]: home)
+            if weights is not None:
+                weights = _dense_weights(weights, *blocks, self.heads)
+        x = x + self.dropout(self.out(att.reshape(m * length, d)))
         return (x + self.dropout(self.ffn(self.norm2(x)))).reshape(m, length, d), weights
+
+
+def _dense_weights(
+    weights: torch.Tensor, members: torch.Tensor, home: torch.Tensor, heads: int
+) -> torch.Tensor:
+    """Block attention weights [M, P*heads, S, S] as [M, heads, L, L]: each position's row from its home
+    block, zero outside that block."""
+    m = weights.shape[0]
+    groups, seq = members.shape
+    length = home.shape[0]
+    rows = weights.reshape(m, groups, heads, seq, seq).transpose(1, 2).reshape(m, heads, groups * seq, seq)
+    rows = rows.index_select(2, home)  # [M, heads, L, S]
+    cols = members.index_select(0, home // seq)  # [L, S] the position each key slot holds
+    dense = weights.new_zeros(m, heads, length, length)
+    return dense.scatter_(3, cols.expand(m, heads, length, seq), rows)
 
 
 class AttentionModel(nn.Module):

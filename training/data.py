@@ -139,13 +139,25 @@ class WindowData:
             horizon=protocol.horizon,
         )
 
-    def batch(self, starts: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def batch(
+        self, starts: np.ndarray | torch.Tensor, sensors: np.ndarray | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Windows starting at `starts [B]`: x [B, W, N, F], tf [B, W, 3], mask [B, W, N, F],
-        y [B, H, N, out], y_mask [B, H, N, out]."""
+        y [B, H, N, out], y_mask [B, H, N, out]; with `sensors [S]`, only those sensors (N = S), in that order."""
         s = torch.as_tensor(starts, dtype=torch.long)[:, None]  # [B, 1]
         inp = s + torch.arange(self.window)  # [B, W]
         out = s + self.window + torch.arange(self.horizon)  # [B, H]
-        return self.x[inp], self.time_features[inp], self.mask[inp], self.y[out], self.y_mask[out]
+        if sensors is None:
+            return self.x[inp], self.time_features[inp], self.mask[inp], self.y[out], self.y_mask[out]
+        n = torch.as_tensor(sensors, dtype=torch.long)  # [S]
+        inp_n, out_n = inp[:, :, None], out[:, :, None]  # [B, W, 1], [B, H, 1]
+        return (
+            self.x[inp_n, n],
+            self.time_features[inp],
+            self.mask[inp_n, n],
+            self.y[out_n, n],
+            self.y_mask[out_n, n],
+        )
 
 
 def fit_scaler(ds: SensorDataset, protocol: Protocol) -> StandardScaler:

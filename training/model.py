@@ -2,7 +2,8 @@
 a fresh model of a kind for a dataset and its protocol.
 
 The models themselves live in `training.seq2seq` (AttentionSeq2Seq), `training.stformer` (STFormer) and
-`training.baselines`; their attention blocks in `training.attention`. A checkpoint rebuilds its model
+`training.baselines`; their attention blocks in `training.attention`, the sensor blocks of the "blocks"
+preset in `training.partition`. A checkpoint rebuilds its model
 from the same table (`MODEL_CLASSES`, used by `training.checkpoint`). No I/O, no training here.
 """
 
@@ -15,6 +16,7 @@ from torch import nn
 from stream.datasets import SensorDataset
 from training.baselines import HistoricalAverage, HistoricalAverageConfig, Persistence, PersistenceConfig
 from training.data import DAY_MS, Protocol
+from training.partition import partition
 from training.seq2seq import AttentionSeq2Seq, Seq2SeqConfig
 from training.stformer import STFormer, STFormerConfig
 
@@ -41,6 +43,20 @@ PRESETS: dict[str, dict[str, int | float]] = {  # STFormer sizes
         ffn_dim=96,
         dropout=0.1,
     ),
+    # CPU, large networks: "small" with spatial attention within blocks of 128 sensors (home + halo), so
+    # serving and training cost grow linearly with the sensors (`training.partition`).
+    "blocks": dict(
+        input_dim=16,
+        tod_dim=16,
+        dow_dim=8,
+        adaptive_dim=24,
+        heads=2,
+        temporal_layers=1,
+        spatial_layers=1,
+        ffn_dim=96,
+        dropout=0.1,
+        block_size=128,
+    ),
     # GPU: STAEformer's published size.
     "full": dict(
         input_dim=24,
@@ -54,7 +70,11 @@ PRESETS: dict[str, dict[str, int | float]] = {  # STFormer sizes
         dropout=0.1,
     ),
 }
-SEQ2SEQ_PRESETS: dict[str, dict[str, Any]] = {"small": {"hidden": 64}, "full": {"hidden": 128}}
+SEQ2SEQ_PRESETS: dict[str, dict[str, Any]] = {
+    "small": {"hidden": 64},
+    "blocks": {"hidden": 64},  # the seq2seq model has no spatial attention to split
+    "full": {"hidden": 128},
+}
 
 
 def model_kind(name: str) -> str:
@@ -83,6 +103,9 @@ def build_model(
         config = {"steps_per_day": spd, **PRESETS[preset], **overrides}
         if spd == 1:  # daily data: the season, not the time of day, carries the cycle
             config.setdefault("doy_dim", config["tod_dim"])
+        blocks = partition(ds.network, int(config["block_size"])) if config.get("block_size") else None
+        if blocks is not None:
+            config["n_blocks"] = blocks.count
         model = STFormer(
             STFormerConfig(
                 n_nodes=ds.network.n_sensors,
@@ -91,6 +114,8 @@ def build_model(
                 **config,
             )
         )
+        if blocks is not None:
+            model.set_blocks(blocks)
         return model.set_graph(ds.network.edges) if model.config.graph_bias else model
     if kind == "seq2seq":
         config = {**SEQ2SEQ_PRESETS[preset], **overrides}

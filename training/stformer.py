@@ -2,6 +2,11 @@
 temporal attention over each sensor's window, spatial attention across all sensors at each step, one
 linear projection to the whole horizon. The accurate model (a GPU trains it at full size).
 
+With `block_size` > 0 the spatial attention runs within blocks of that many sensors (`training.partition`:
+home sensors plus a halo of their neighbours) instead of across all of them, so its cost grows linearly with
+the network; the blocks are saved with the weights, and training may feed one block at a time (`block`).
+The adaptive embedding still has one row per sensor, as in the dense model: a model fits one network.
+
 It takes scaled inputs and shares the models' interface (`training.seq2seq` describes it):
 `forward(x [B, T, N, F], time_features [B, T, 3], mask [B, T, N, F]) -> [B, H, N, out]`.
 `attention_maps` returns the last temporal and spatial layers' weights for `explain`. No I/O, no globals.
@@ -17,6 +22,7 @@ import torch
 from torch import nn
 
 from training.attention import AttentionModel, SelfAttentionLayer
+from training.partition import Blocks
 
 
 @dataclass
@@ -39,6 +45,10 @@ class STFormerConfig:
     ffn_dim: int = 256
     dropout: float = 0.1
     residual: bool = False
+    # > 0: spatial attention within blocks of this many sensors (home + halo) instead of across all sensors;
+    # `n_blocks` is the partition's count (`set_blocks`, from `training.partition`)
+    block_size: int = 0
+    n_blocks: int = 1
 
     @property
     def model_dim(self) -> int:
@@ -49,6 +59,12 @@ class STFormer(AttentionModel):
     """Input projection + time-of-day, day-of-week and adaptive node embeddings, temporal attention layers
     (each sensor over its window), spatial attention layers (all sensors at each step), then one linear
     projection from the whole window to all horizon steps."""
+
+    # buffers (declared for type checkers): blocks and graph bias exist only when configured
+    block_members: torch.Tensor
+    block_home: torch.Tensor
+    adjacency: torch.Tensor
+    targets: torch.Tensor
 
     def __init__(self, config: STFormerConfig) -> None:
         super().__init__()
@@ -70,23 +86,48 @@ class STFormer(AttentionModel):
         self.spatial = nn.ModuleList(
             SelfAttentionLayer(d, c.heads, c.ffn_dim, c.dropout) for _ in range(c.spatial_layers)
         )
+        size = min(c.block_size, c.n_nodes)
+        if c.block_size:
+            # Filled by `set_blocks`; saved with the weights, so a checkpoint keeps its partition.
+            self.register_buffer("block_members", torch.zeros(c.n_blocks, size, dtype=torch.long))  # [P, S]
+            self.register_buffer("block_home", torch.arange(c.n_nodes))  # [N]
         if c.graph_bias:
-            # Filled from the network's edges by `set_graph`; saved with the weights.
-            self.register_buffer("adjacency", torch.zeros(c.n_nodes, c.n_nodes))  # [N, N]
+            # Filled from the network's edges by `set_graph`; saved with the weights. Per block with blocks.
+            shape = (c.n_blocks, size, size) if c.block_size else (c.n_nodes, c.n_nodes)
+            self.register_buffer("adjacency", torch.zeros(shape))  # [N, N] or [P, S, S]
             self.graph_scale = nn.Parameter(torch.ones(c.spatial_layers, c.heads, 1, 1))
         self.norm = nn.LayerNorm(d)
         self.output_proj = nn.Linear(c.window * d, c.horizon * out)
         self.register_buffer("targets", torch.tensor(c.targets, dtype=torch.long), persistent=False)
 
+    def forward(
+        self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor, block: int | None = None
+    ) -> torch.Tensor:
+        """x [B, T, N, F], time_features [B, T, 3], mask [B, T, N, F] -> [B, H, N, out].
+
+        With `block` (a model with blocks, in training), x and mask hold only that block's sensors
+        [B, T, S, F] in its member order, attention runs across them alone, and the forecast is theirs
+        [B, H, S, out]: with one spatial layer, exactly what the whole-network forward computes for the
+        block's home sensors."""
+        return self._forward(x, time_features, mask, need_weights=False, block=block)[0]
+
     def _forward(
-        self, x: torch.Tensor, time_features: torch.Tensor, mask: torch.Tensor, need_weights: bool
+        self,
+        x: torch.Tensor,
+        time_features: torch.Tensor,
+        mask: torch.Tensor,
+        need_weights: bool,
+        block: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The forecast [B, H, N, out] and, with `need_weights`, the attention maps (else none):
-        {"temporal": [B, N, heads, T, T], "spatial": [B, T, heads, N, N]} from the last layer of each."""
+        {"temporal": [B, N, heads, T, T], "spatial": [B, T, heads, N, N]} from the last layer of each
+        (with blocks, spatial weights are zero outside each sensor's home block)."""
         b, t, n, _ = x.shape
         c = self.config
-        if (t, n) != (c.window, c.n_nodes):
-            raise ValueError(f"STFormer built for window {c.window} × {c.n_nodes} sensors, got {t} × {n}")
+        nodes = None if block is None else self.block_members[block]  # [S]
+        expected = c.n_nodes if nodes is None else nodes.shape[0]
+        if (t, n) != (c.window, expected):
+            raise ValueError(f"STFormer built for window {c.window} × {expected} sensors, got {t} × {n}")
         parts = [self.input_proj(torch.cat([x, mask], dim=-1))]  # [B, T, N, input_dim]
         if self.tod_embedding is not None:
             spd = max(c.steps_per_day, 1)
@@ -101,7 +142,8 @@ class STFormer(AttentionModel):
             )  # [B, T, 2]
             doy = self.doy_proj(torch.cat([year.sin(), year.cos()], dim=-1))  # [B, T, doy_dim]
             parts.append(doy[:, :, None].expand(-1, -1, n, -1))  # [B, T, N, doy_dim]
-        parts.append(self.adaptive_embedding.expand(b, -1, -1, -1))  # [B, T, N, adaptive_dim]
+        adaptive = self.adaptive_embedding if nodes is None else self.adaptive_embedding[:, nodes]
+        parts.append(adaptive.expand(b, -1, -1, -1))  # [B, T, N, adaptive_dim]
         h = torch.cat(parts, dim=-1)  # [B, T, N, D]
         h = h.transpose(1, 2).reshape(b * n, t, -1)  # [B*N, T, D]
         maps: dict[str, torch.Tensor] = {}
@@ -110,9 +152,9 @@ class STFormer(AttentionModel):
             if w is not None:  # the last layer's are kept
                 maps["temporal"] = w.reshape(b, n, *w.shape[1:])  # [B, N, heads, T, T]
         h = h.reshape(b, n, t, -1).transpose(1, 2).reshape(b * t, n, -1)  # [B*T, N, D]
+        blocks = (self.block_members, self.block_home) if c.block_size and block is None else None
         for i, layer in enumerate(self.spatial):
-            bias = self.graph_scale[i] * self.adjacency if c.graph_bias else None  # [heads, N, N]
-            h, w = layer(h, bias, need_weights)
+            h, w = layer(h, self._graph_bias(i, block), need_weights, blocks)
             if w is not None:
                 maps["spatial"] = w.reshape(b, t, *w.shape[1:])  # [B, T, heads, N, N]
         h = self.norm(h).reshape(b, t, n, -1).transpose(1, 2).reshape(b, n, -1)  # [B, N, T*D]
@@ -121,14 +163,52 @@ class STFormer(AttentionModel):
             y = y + x[:, -1:].index_select(-1, self.targets)
         return y, maps
 
+    def _graph_bias(self, layer: int, block: int | None) -> torch.Tensor | None:
+        """Layer `layer`'s spatial logit bias: [heads, N, N] dense, [P, heads, S, S] over all blocks,
+        [heads, S, S] for one block; None without a graph bias."""
+        if not self.config.graph_bias:
+            return None
+        scale = self.graph_scale[layer]  # [heads, 1, 1]
+        if not self.config.block_size:
+            return scale * self.adjacency
+        return scale * (self.adjacency[:, None] if block is None else self.adjacency[block])
+
+    @torch.no_grad()
+    def set_blocks(self, blocks: Blocks) -> STFormer:
+        """Use `blocks` (`training.partition.partition` of the network) for the spatial attention."""
+        c = self.config
+        expected = (c.n_blocks, min(c.block_size, c.n_nodes))
+        if not c.block_size or blocks.members.shape != expected or blocks.home.shape != (c.n_nodes,):
+            raise ValueError(
+                f"blocks {blocks.members.shape} over {blocks.home.shape[0]} sensors do not fit this model "
+                f"(block_size {c.block_size}, {c.n_blocks} blocks of {c.n_nodes} sensors)"
+            )
+        self.block_members.copy_(torch.from_numpy(blocks.members))
+        self.block_home.copy_(torch.from_numpy(blocks.home))
+        return self
+
     @torch.no_grad()
     def set_graph(self, edges: Sequence[tuple[int, int, float]]) -> STFormer:
         """Fill the graph bias from `(from, to, weight)` edges, symmetric, weights scaled to [0, 1], self
-        loops 1."""
-        a = torch.zeros(self.config.n_nodes, self.config.n_nodes)  # [N, N]
-        for i, j, w in edges:
-            a[i, j] = a[j, i] = max(float(a[i, j]), float(w))
-        a = a / a.max().clamp(min=1e-12)
-        a.fill_diagonal_(1.0)
+        loops 1 (with blocks: within each block, after `set_blocks`)."""
+        n = self.config.n_nodes
+        pairs = torch.tensor([(i, j) for i, j, _ in edges], dtype=torch.long).reshape(-1, 2)  # [E, 2]
+        w = torch.tensor([float(x) for _, _, x in edges]).clamp(min=0.0)  # [E]
+        w = w / w.max().clamp(min=1e-12) if len(w) else w
+        pairs, w = torch.cat([pairs, pairs.flip(1)]), torch.cat([w, w])  # both directions
+        if not self.config.block_size:
+            a = torch.zeros(n * n).scatter_reduce_(0, pairs[:, 0] * n + pairs[:, 1], w, "amax")
+            self.adjacency.copy_(a.reshape(n, n).fill_diagonal_(1.0))
+            return self
+        groups, size = self.block_members.shape
+        slot = torch.full((groups, n), -1, dtype=torch.long)  # [P, N] each sensor's slot in each block
+        slot.scatter_(1, self.block_members, torch.arange(size).expand(groups, -1))
+        a = torch.zeros(groups, size * size)
+        for p in range(groups):
+            i, j = slot[p, pairs[:, 0]], slot[p, pairs[:, 1]]
+            inside = (i >= 0) & (j >= 0)
+            a[p].scatter_reduce_(0, i[inside] * size + j[inside], w[inside], "amax")
+        a = a.reshape(groups, size, size)
+        a.diagonal(dim1=1, dim2=2).fill_(1.0)
         self.adjacency.copy_(a)
         return self

@@ -29,6 +29,7 @@ from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.data import Protocol, WindowData, fit_scaler, protocol_for
 from training.model import BASELINES, build_model, check_preset, model_kind
 from training.scaler import StandardScaler
+from training.shards import ShardSampler
 
 # per-element losses on scaled values [B, H, N, out]; missing targets are masked out afterwards
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -36,6 +37,8 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mse": lambda pred, y: (pred - y) ** 2,
     "huber": lambda pred, y: nn.functional.huber_loss(pred, y, reduction="none", delta=1.0),
 }
+
+VAL_SENSOR_WINDOWS = 16_384  # per validation forward: 64 windows of ~250 sensors, 1 of 8,600
 
 
 @dataclass
@@ -72,6 +75,8 @@ class TrainConfig:
     # "train+val": refit on training and validation parts together for exactly `epochs` epochs and keep the
     # final weights -- for a recipe whose epochs were chosen on validation; nothing is held out but test.
     fit_on: str = "train"
+    # models with sensor blocks: each batch is one block's windows (`training.shards`); False: the network's
+    shard_batches: bool = True
 
     def __post_init__(self) -> None:
         """Refuse a config that could not train, before any data is read."""
@@ -169,8 +174,10 @@ def _validate(
     batch_size: int,
     d: _Dist,
 ) -> float:
-    """Masked MAE in original units over `starts`, summed across workers."""
+    """Masked MAE in original units over `starts`, summed across workers; at most `batch_size` windows and
+    `VAL_SENSOR_WINDOWS` sensor-windows per forward."""
     model.eval()
+    batch_size = max(1, min(batch_size, VAL_SENSOR_WINDOWS // data.x.shape[1]))
     std = torch.tensor(scaler.std[list(targets)], dtype=torch.float32, device=device)
     err, count = 0.0, 0.0
     for i in range(0, len(starts), batch_size):
@@ -240,6 +247,7 @@ def train_func(
         "val_mae": None if math.isnan(fit.best_val) else fit.best_val,
         "train_seconds": round(time.monotonic() - started, 1),
         "samples_per_s": fit.history[-1]["samples_per_s"] if fit.history else 0.0,
+        "sensor_windows_per_s": fit.history[-1]["sensor_windows_per_s"] if fit.history else 0.0,
         "workers": d.world,
     }
     ckpt = None
@@ -308,6 +316,8 @@ def _train(
     )
     scored = ema.module if ema is not None else model  # what is validated and kept
     fit = _Fit(math.inf, train_windows=len(fit_starts))
+    shards = ShardSampler.of(model) if cfg.shard_batches else None
+    sensors = data.x.shape[1] if shards is None else shards.sensors  # per sample
     best_state, stale = copy.deepcopy(scored.state_dict()), 0
     train_s, samples = 0.0, 0
     for epoch in range(1, cfg.epochs + 1):
@@ -315,7 +325,8 @@ def _train(
         if cfg.schedule == "cosine" or epoch <= cfg.warmup_epochs:
             for group in opt.param_groups:
                 group["lr"] = _lr(cfg, epoch, progress)
-        starts = np.random.default_rng(cfg.seed + epoch).permutation(fit_starts)
+        rng = np.random.default_rng(cfg.seed + epoch)
+        starts = rng.permutation(fit_starts)
         per_rank = len(starts) // d.world  # equal shards: DDP needs the same number of steps everywhere
         starts = starts[d.rank * per_rank : (d.rank + 1) * per_rank]
         batches = range(0, len(starts), cfg.batch_size)
@@ -324,8 +335,13 @@ def _train(
         total, count = 0.0, 0
         train_model.train()
         for i in batches:
-            x, tf, m, y, ym = (t.to(device) for t in data.batch(starts[i : i + cfg.batch_size]))
-            loss = _loss(cfg.loss, train_model(x, tf, m), y, ym)
+            if shards is None:
+                window, kw = data.batch(starts[i : i + cfg.batch_size]), {}
+            else:  # one block's sensors [B, T, S, F]
+                window, block = shards.batch(data, starts[i : i + cfg.batch_size], rng)
+                kw = {"block": block}
+            x, tf, m, y, ym = (t.to(device) for t in window)
+            loss = _loss(cfg.loss, train_model(x, tf, m, **kw), y, ym)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(train_model.parameters(), 5.0)
@@ -356,6 +372,7 @@ def _train(
             "lr": opt.param_groups[0]["lr"],
             "elapsed_s": round(elapsed, 1),
             "samples_per_s": samples / max(train_s, 1e-9),
+            "sensor_windows_per_s": samples * sensors / max(train_s, 1e-9),
         }
         fit.history.append(row)
         if report is not None:
