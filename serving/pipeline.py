@@ -84,14 +84,14 @@ class ServePipeline:
     def _start(self, client: Client, lease: Lease, serve_metrics: bool) -> RunningPipeline:
         s, network = self.settings, self.network
         window, horizon = s.window.window, s.window.horizon
-        archive = Archive(s.archive.root, network, s.storage)
-        check(archive.root, "archive.root")
-        spec, registry = serving_model(s, self.spec, network)
-        shipment = ship(spec, s.storage)
+        # the actors start without a model: their processes come up while the model is resolved here
         actors = self.actors or [
             make_actor(s.ray, network, window, horizon, s.storage) for _ in range(s.ray.replicas)
         ]
-        dispatcher = Dispatcher(actors, shipment)
+        archive = Archive(s.archive.root, network, s.storage)
+        check(archive.root, "archive.root")
+        spec, registry = serving_model(s, self.spec, network)
+        dispatcher = Dispatcher(actors, ship(spec, s.storage))
         metrics = ServeMetrics()
         metrics.set_version(dispatcher.start())
         sink = RedisSink(
