@@ -154,9 +154,13 @@ def run_case(
     threads: int = 1,
     backend: str = "auto",
     actor_resources: dict[str, float] | None = None,
+    network: Network | None = None,
+    spec: str | None = None,
 ) -> dict[str, Any]:
-    network = simulated_network(n, step_ms=300_000)
-    spec = "baseline:persistence" if model == "persistence" else _stformer_checkpoint(network, root)
+    """One row; `network` and `spec` (a checkpoint) replace the simulated ring and the dense STFormer."""
+    network = network or simulated_network(n, step_ms=300_000)
+    if spec is None:
+        spec = "baseline:persistence" if model == "persistence" else _stformer_checkpoint(network, root)
     s = _settings(
         rt, root, replicas=replicas, threads=threads, backend=backend, actor_resources=actor_resources
     )
