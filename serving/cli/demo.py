@@ -63,6 +63,7 @@ def demo(
         str, typer.Option(help="baseline:persistence or a checkpoint path")
     ] = "baseline:persistence",
     data_dir: Annotated[Path, typer.Option(help="archive and registry root")] = Path("sensorcast-data/demo"),
+    seed: Annotated[int, typer.Option(help="the simulator's seed (sensor levels, noise, incidents)")] = 0,
     show: Annotated[int, typer.Option(help="sensors shown in the live table")] = 8,
     dashboard: Annotated[bool, typer.Option(help="serve the live dashboard and print its URL")] = True,
     retrain: Annotated[
@@ -107,7 +108,13 @@ def demo(
                 backfill = settings.window.window + 2 + history
                 start = wall_ms() - backfill * network.step_ms
                 run_simulation(
-                    settings.kafka, network, speed=speed, start_ts=start, backfill_steps=backfill, stop=stop
+                    settings.kafka,
+                    network,
+                    speed=speed,
+                    start_ts=start,
+                    backfill_steps=backfill,
+                    seed=seed,
+                    stop=stop,
                 )
             except BaseException as exc:  # surfaced in the main thread
                 sim_error.append(exc)
@@ -149,7 +156,7 @@ def demo(
             extra={"embedded_rss_mb": _embedded_rss(), "driver_rss_mb": round(rss_mb(), 1)}
         )
         if summary_json is not None:
-            summary_json.write_text(json.dumps({"history_steps": history, **figures}, indent=1))
+            summary_json.write_text(json.dumps({"history_steps": history, "seed": seed, **figures}, indent=1))
 
 
 def _import_models() -> None:
