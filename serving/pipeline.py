@@ -57,7 +57,6 @@ class ServePipeline:
         now: Callable[[], int] = wall_ms,
         client_id: str = "sensorcast-serve",
         actors: list[Any] | None = None,
-        lease_owner: str | None = None,
     ) -> None:
         self.settings = settings
         self.network = network
@@ -65,7 +64,6 @@ class ServePipeline:
         self.now = now
         self.client_id = client_id
         self.actors = actors  # forecaster actors to use instead of starting `ray.replicas` new ones
-        self.lease_owner = lease_owner  # who holds the network's writer lease (default: `default_owner()`)
 
     def start(self, *, serve_metrics: bool = False) -> RunningPipeline:
         """Connect Redis, resolve the model, start the actors and ingest, recover from the archive and
@@ -73,7 +71,7 @@ class ServePipeline:
         s, network = self.settings, self.network
         client = connect(s.redis)
         keys = Keys(s.redis.key_prefix, network.name)
-        lease = Lease(client, keys, ttl_s=s.redis.lease_ttl_s, owner=self.lease_owner)
+        lease = Lease(client, keys, ttl_s=s.redis.lease_ttl_s)  # owner: this process, or its Ray actor
         lease.acquire()  # before anything is written or consumed: one pipeline per network
         try:
             return self._start(client, lease, serve_metrics)
