@@ -21,9 +21,23 @@ import time
 import uuid
 from typing import Any
 
+import redis
+from redis.exceptions import AskError, ClusterError, SlotNotCoveredError, TryAgainError
+
 from serving.keys import Keys
 
 log = logging.getLogger(__name__)
+
+# Redis failures that pass: retried by the sink until its deadline; a renewal skips them (the next cycle
+# renews, or takes back a lease that lapsed meanwhile while nobody acquired it)
+TRANSIENT_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterError,
+    TryAgainError,
+    SlotNotCoveredError,
+    AskError,
+)
 
 # KEYS: lease, epoch counter. ARGV: owner, ttl ms. -> {1, token} or {0, holder, pttl}
 _ACQUIRE = """
@@ -120,7 +134,12 @@ class Lease:
         if time.monotonic() - self._renewed < every:
             return
         keys = [self.keys.lease, self.keys.lease_epoch]
-        if not int(self._renew(keys=keys, args=[self.token, self.ttl_ms, self.epoch])):
+        try:
+            renewed = int(self._renew(keys=keys, args=[self.token, self.ttl_ms, self.epoch]))
+        except TRANSIENT_ERRORS as exc:  # Redis unreachable: the sink's writes wait for it; so does this
+            log.warning("lease not renewed: Redis unreachable", extra={"error": repr(exc)})
+            return
+        if not renewed:
             raise LeaseLost(self.lost_message())
         self._renewed = time.monotonic()
 
@@ -136,8 +155,12 @@ class Lease:
         )
 
     def release(self) -> None:
+        """Give the lease up (when still held); a Redis that cannot be reached lets it lapse instead."""
         if self.token is not None:
-            self._release(keys=[self.keys.lease], args=[self.token])
+            try:
+                self._release(keys=[self.keys.lease], args=[self.token])
+            except TRANSIENT_ERRORS:
+                log.warning("lease not released: Redis unreachable; it lapses", extra={"token": self.token})
             self.token = None
 
     def holder(self) -> str | None:
