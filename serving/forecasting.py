@@ -2,11 +2,12 @@
 
 `StepForecasts` keeps the rolling window over sealed steps, sends every newly complete window of a cycle to
 the forecaster actors in micro-batches (the next call submitted before the previous one's steps are
-written, so the actors compute while this process writes), writes each step's forecast to Redis tagged
+written, so the actors compute while this process writes), writes each call's forecasts to Redis tagged
 with the version that made it, and scores the sealed steps online as soon as the forecasts that target
-them are recorded. The pipeline calls it inside the ingest service's `on_sealed` hook, so all of it is
-done before the offsets are committed. It never reads Kafka and never chooses the model: the dispatcher
-holds the serving version and `serving.lifecycle` swaps it between cycles.
+them are recorded: a call's forecasts and the actuals and online scores they complete go to Redis in one
+round trip. The pipeline calls it inside the ingest service's `on_sealed` hook, so all of it is done
+before the offsets are committed. It never reads Kafka and never chooses the model: the dispatcher holds
+the serving version and `serving.lifecycle` swaps it between cycles.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -23,7 +23,8 @@ import numpy as np
 from serving.dispatch import Call, Dispatcher
 from serving.metrics import ServeMetrics
 from serving.online import OnlineEvaluator
-from serving.sink import RedisSink, StepForecast
+from serving.sink import RedisSink
+from serving.sink_scripts import Actual, OnlineScores, StepForecast
 from stream.clock import wall_ms
 from stream.network import Network
 from stream.rolling import RollingWindow
@@ -54,31 +55,24 @@ class _Scoring:
     """One cycle's sealed steps on their way to the online scores and the actuals stream.
 
     A step is the last target of the forecast issued H steps before it, so it is scored only once that
-    forecast is recorded: while a long batch is forecast, after each call's steps are written (`written`,
-    the actors compute meanwhile), and the rest at the end (`through(None)`).
+    forecast is recorded: while a long batch is forecast, with each call's steps (`take(last_issued +
+    horizon)`, the actors compute meanwhile), and the rest with the cycle's last call (`take(None)`).
     """
 
-    def __init__(
-        self, sealed: list[SealedStep], online: OnlineEvaluator, sink: RedisSink, horizon_ms: int
-    ) -> None:
+    def __init__(self, sealed: list[SealedStep], online: OnlineEvaluator) -> None:
         self.waiting = deque(sealed)
         self.online = online
-        self.sink = sink
-        self.horizon_ms = horizon_ms
-        self.scored = False  # some forecast was completed and scored
 
-    def written(self, last_issued: int) -> None:
-        """The forecasts issued up to `last_issued` are recorded: score the steps they end on."""
-        self.through(last_issued + self.horizon_ms)
-
-    def through(self, step_ts: int | None) -> None:
-        """Score the waiting steps up to `step_ts` (all: None) and write them as actuals."""
-        ready = []
+    def take(self, step_ts: int | None) -> tuple[list[Actual], bool]:
+        """Score the waiting steps up to `step_ts` (all: None); returns them as actuals, and whether some
+        forecast was completed and scored."""
+        actuals: list[Actual] = []
+        scored = False
         while self.waiting and (step_ts is None or self.waiting[0].step_ts <= step_ts):
-            ready.append(self.waiting.popleft())
-        for st in ready:
-            self.scored |= self.online.observe(st.step_ts, st.values, st.mask) is not None
-        self.sink.write_actuals([(st.step_ts, st.values, st.mask) for st in ready])
+            st = self.waiting.popleft()
+            scored |= self.online.observe(st.step_ts, st.values, st.mask) is not None
+            actuals.append((st.step_ts, st.values, st.mask))
+        return actuals, scored
 
 
 class StepForecasts:
@@ -107,18 +101,18 @@ class StepForecasts:
         self._retries = 0  # dispatcher re-sends already reported
 
     def on_sealed(self, sealed: list[SealedStep]) -> None:
-        """Forecast every window a sealed step completes, then score the sealed steps."""
+        """Forecast every window a sealed step completes and score the sealed steps: one Redis round trip
+        per actor call, with its steps' forecasts and the actuals and online scores they complete."""
         sealed_at = time.monotonic()
         pending = _Pending()
         for step in sealed:
             self.rolling.push(step)
             if self.rolling.ready:
                 pending.add(self.rolling, step.step_ts, sealed_at)
-        scoring = _Scoring(sealed, self.online, self.sink, self.horizon_ms)
-        self._forecast(pending, on_written=scoring.written)
-        scoring.through(None)
-        if scoring.scored:
-            self._publish_online(sealed[-1].step_ts)
+        scoring = _Scoring(sealed, self.online)
+        self._forecast(pending, scoring)
+        if scoring.waiting:  # no window complete yet: the actuals alone
+            self._write_batch([], *scoring.take(None))
 
     def refill(
         self, step_ts: np.ndarray, values: np.ndarray, mask: np.ndarray, done_through: int | None
@@ -134,24 +128,30 @@ class StepForecasts:
             log.info("re-forecasting archived steps missing in redis", extra={"steps": len(pending.step_ts)})
         return self._forecast(pending)
 
-    def _publish_online(self, step_ts: int) -> None:
-        rolling = self.online.rolling(self.dispatcher.version)
-        per_horizon = cast(list[float], rolling["mae"]), cast(list[float], rolling["rmse"])
-        for h, (mae, rmse) in enumerate(zip(*per_horizon, strict=True), 1):
-            self.metrics.online_mae.labels(str(h)).set(mae)
-            self.metrics.online_rmse.labels(str(h)).set(rmse)
-        cumulative = {v: sums.scores() for v, sums in self.online.cumulative.items()}
-        self.sink.write_online(
-            step_ts, cumulative, rolling, self.online.mean_rolling_mae(self.dispatcher.version)
-        )
+    def _write_batch(self, forecasts: list[StepForecast], actuals: list[Actual], scored: bool) -> None:
+        """One round trip: forecasts, actuals, and the online scores when some forecast was scored."""
+        online = None
+        if scored:
+            rolling = self.online.rolling(self.dispatcher.version)
+            per_horizon = cast(list[float], rolling["mae"]), cast(list[float], rolling["rmse"])
+            for h, (mae, rmse) in enumerate(zip(*per_horizon, strict=True), 1):
+                self.metrics.online_mae.labels(str(h)).set(mae)
+                self.metrics.online_rmse.labels(str(h)).set(rmse)
+            online = OnlineScores(
+                step_ts=actuals[-1][0],
+                cumulative={v: sums.scores() for v, sums in self.online.cumulative.items()},
+                rolling=rolling,
+                mean_mae=self.online.mean_rolling_mae(self.dispatcher.version),
+            )
+        self.sink.write_batch(forecasts, actuals=actuals, online=online)
 
-    def _forecast(self, pending: _Pending, on_written: Callable[[int], None] | None = None) -> int:
-        """Forecast the pending windows and write each step to Redis, in step order.
+    def _forecast(self, pending: _Pending, scoring: _Scoring | None = None) -> int:
+        """Forecast the pending windows and write their steps to Redis, in step order.
 
         A long backlog (catching up, replaying) goes in calls of `pipeline_windows` windows per replica,
         and the next call is submitted before the previous one's steps are written, so the actors
-        compute while this process writes to Redis. `on_written(step_ts)` follows each call's writes,
-        with its last step, while the next call computes.
+        compute while this process writes to Redis. Each call's steps are written in one round trip with
+        the sealed steps of `scoring` they complete (all that remain with the last call).
         """
         if not pending.step_ts:
             return 0
@@ -165,16 +165,14 @@ class StepForecasts:
             hi = min(b, lo + size)
             calls.append((lo, self.dispatcher.submit(values[lo:hi], mask[lo:hi], ts[lo:hi])))
             if len(calls) > 1:
-                self._write(pending, *calls.popleft(), on_written)
+                self._write(pending, *calls.popleft(), scoring)
         while calls:
-            self._write(pending, *calls.popleft(), on_written)
+            self._write(pending, *calls.popleft(), scoring)
         return b
 
-    def _write(
-        self, pending: _Pending, first: int, call: Call, on_written: Callable[[int], None] | None
-    ) -> None:
-        """Wait for `call` (pending windows `first`, `first + 1`, ...), write its steps, then call
-        `on_written` with the last one's step."""
+    def _write(self, pending: _Pending, first: int, call: Call, scoring: _Scoring | None) -> None:
+        """Wait for `call` (pending windows `first`, `first + 1`, ...), then write its steps with what
+        they let `scoring` score."""
         out = self.dispatcher.collect(call)  # [b, H, N, out]
         self.metrics.inference_seconds.observe(self.dispatcher.last_infer_ms / 1000)
         version = self.dispatcher.version
@@ -184,14 +182,21 @@ class StepForecasts:
             self.sink.add_event(
                 "actors_recovered", version, {"retries": self._retries, **self.dispatcher.placement()}
             )
-        for k in range(out.shape[0]):
-            step_ts = pending.step_ts[first + k]
-            self.sink.write(StepForecast(step_ts, version, out[k], wall_ms()))
-            self.online.record_forecast(step_ts, version, out[k])
-            latency = time.monotonic() - pending.sealed_at[first + k]
+        steps = pending.step_ts[first : first + out.shape[0]]
+        issued = wall_ms()
+        forecasts = [StepForecast(ts, version, out[k], issued) for k, ts in enumerate(steps)]
+        for fc in forecasts:
+            self.online.record_forecast(fc.step_ts, version, fc.values)
+        actuals: list[Actual] = []
+        scored = False
+        if scoring is not None:
+            last = first + len(steps) == len(pending.step_ts)
+            actuals, scored = scoring.take(None if last else steps[-1] + self.horizon_ms)
+        self._write_batch(forecasts, actuals, scored)
+        written = time.monotonic()
+        for k in range(len(steps)):
+            latency = written - pending.sealed_at[first + k]
             self.metrics.seal_to_redis_seconds.observe(latency)
             self.latencies_s.append(latency)
-        self.metrics.steps_forecast.inc(out.shape[0])
-        self.steps_forecast += out.shape[0]
-        if on_written is not None:
-            on_written(pending.step_ts[first + out.shape[0] - 1])
+        self.metrics.steps_forecast.inc(len(steps))
+        self.steps_forecast += len(steps)

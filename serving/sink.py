@@ -1,14 +1,17 @@
-"""The Redis sink: writes one step's network-wide forecast atomically and idempotently; and `connect`, the
-one way sensorcast makes a Redis client.
+"""The Redis sink: writes a micro-batch of steps' forecasts, the sealed steps' actuals and the online scores
+in one round trip, atomically and idempotently; and `connect`, the one way sensorcast makes a Redis client.
 
-One server-side script per step (one round trip): it records `(model_version, step)` in the version's
-`done` set and does nothing more if it was there already (a replay after a crash is harmless), appends the
-step's snapshot to the capped stream, updates the per-sensor `latest` hash only when the step is not older
-than what it holds, refreshes TTLs and publishes a notification. Key names come from `serving.keys`.
+Every write is one server-side script (`serving.sink_scripts`): a batch records each `(model_version,
+step)` in the version's `done` set and writes nothing more of a step that was there already (a replay after
+a crash is harmless), appends the new steps' snapshots to the capped stream, updates the per-sensor
+`latest` hash only when the newest step is not older than what it holds, refreshes TTLs and publishes one
+notification per new step. With a lease (`serving.lease`), each script first checks that the lease still
+holds this sink's token, and a sink that lost it writes nothing and raises `LeaseLost`. Key names come
+from `serving.keys`.
 
-A Redis Cluster works the same way: a network's keys share one hash tag, so the script, the pipelines and
-the notification channel all address one slot. There the notification is sharded pub/sub (`SPUBLISH`, Redis
-7.0): it stays within the shard that owns the slot instead of being broadcast over the cluster bus to every
+A Redis Cluster works the same way: a network's keys share one hash tag, so each script and the
+notification channel address one slot. There the notification is sharded pub/sub (`SPUBLISH`, Redis 7.0):
+it stays within the shard that owns the slot instead of being broadcast over the cluster bus to every
 node, and redis-py's cluster pub/sub follows the slot to its new master after a failover; a single server
 keeps the classic `PUBLISH` every Redis version and `SUBSCRIBE` client understands.
 
@@ -21,12 +24,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 import orjson
 import redis
 import redis.asyncio as aioredis
@@ -41,45 +42,14 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from serving import sink_scripts as scripts
 from serving.config import ConfigError, RedisSettings
 from serving.keys import Keys
+from serving.lease import Lease, LeaseLost
+from serving.sink_scripts import Actual, OnlineScores, StepForecast
 from stream.clock import wall_ms
 
 log = logging.getLogger(__name__)
-
-# KEYS: done set, stream, latest, latest meta. ARGV: step, model version, issued ms, TTL s, stream cap, shape,
-# values, channel, horizon, the publish command (PUBLISH, or SPUBLISH on a cluster), then sensor/JSON pairs.
-_WRITE_STEP = """
-local step = ARGV[1]
-if redis.call('ZADD', KEYS[1], 'NX', step, step) == 0 then return 0 end
-local ttl = tonumber(ARGV[4])
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
-  'step_ts', step, 'model_version', ARGV[2], 'issued_ms', ARGV[3], 'shape', ARGV[6],
-  'dtype', 'float32le', 'values', ARGV[7])
-local cur = tonumber(redis.call('HGET', KEYS[4], 'step_ts') or '-1')
-if tonumber(step) >= cur then
-  local n = (#ARGV - 10) / 2
-  local chunk = 500
-  local i = 0
-  while i < n do
-    local args = {}
-    local last = math.min(i + chunk, n)
-    for j = i, last - 1 do
-      args[#args + 1] = ARGV[11 + 2 * j]
-      args[#args + 1] = ARGV[12 + 2 * j]
-    end
-    redis.call('HSET', KEYS[3], unpack(args))
-    i = last
-  end
-  redis.call('HSET', KEYS[4], 'step_ts', step, 'model_version', ARGV[2], 'issued_ms', ARGV[3],
-    'horizon', ARGV[9], 'n_sensors', n)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumber(step) - ttl * 1000))
-for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ttl) end
-redis.call(ARGV[10], ARGV[8], cjson.encode({step_ts = tonumber(step), model_version = ARGV[2], stream_id = id}))
-return 1
-"""
-
 
 Client = redis.Redis | RedisCluster  # what `connect` returns: one server or a Redis Cluster
 AsyncClient = aioredis.Redis | AsyncRedisCluster
@@ -188,17 +158,10 @@ def connect_async(settings: RedisSettings, url: str | None = None) -> AsyncClien
     return aioredis.Redis.from_url(target, **options)
 
 
-@dataclass
-class StepForecast:
-    """One step's forecast for the whole network."""
-
-    step_ts: int  # start of the last input step (epoch ms)
-    model_version: str
-    values: np.ndarray  # [H, N, F_out] float32, original units
-    issued_ms: int
-
-
 class RedisSink:
+    """The one writer of a network's keys (layouts and scripts in `serving.sink_scripts`). With a `lease`,
+    every write is fenced: it writes nothing and raises `LeaseLost` once the lease is not this sink's."""
+
     def __init__(
         self,
         client: Client,
@@ -212,6 +175,7 @@ class RedisSink:
         retry_deadline_s: float = 120.0,
         now: Callable[[], int] = wall_ms,
         on_retry: Callable[[], object] = lambda: None,
+        lease: Lease | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -222,122 +186,92 @@ class RedisSink:
         self.stream_maxlen = stream_maxlen
         self.retry_deadline_s = retry_deadline_s
         self.now = now
-        self._script: Any = client.register_script(_WRITE_STEP)
+        self.lease = lease
+        self._scripts: dict[str, Any] = {
+            name: client.register_script(getattr(scripts, name))
+            for name in ("WRITE_BATCH", "WRITE_LATEST", "WRITE_HEALTH", "ADD_EVENT", "PUBLISH_NETWORK")
+        }
         self._publish = "SPUBLISH" if isinstance(client, RedisCluster) else "PUBLISH"
         self.retries = 0
         self.on_retry = on_retry  # e.g. the service's retry counter
 
     def publish_network(self) -> None:
-        self._retrying(
-            lambda: self.client.set(self.keys.sensors, orjson.dumps(list(self.sensors)), ex=self.ttl_s)
-        )
+        self._call("PUBLISH_NETWORK", [self.keys.sensors], [orjson.dumps(list(self.sensors)), self.ttl_s])
 
     def write(self, fc: StepForecast) -> bool:
         """Write one step; returns False when this (version, step) was already written."""
-        h, n, f = fc.values.shape  # [H, N, F]
-        if n != len(self.sensors):
-            raise ValueError(f"forecast covers {n} sensors, the network has {len(self.sensors)}")
-        per_sensor = np.ascontiguousarray(fc.values.transpose(1, 0, 2), dtype=np.float32)  # [N, H, F]
-        argv: list[Any] = [
-            fc.step_ts,
-            fc.model_version,
-            fc.issued_ms,
-            self.ttl_s,
-            self.stream_maxlen,
-            f"{h},{n},{f}",
-            np.ascontiguousarray(fc.values, dtype="<f4").tobytes(),
-            self.keys.channel,
-            h,
-            self._publish,
-        ]
-        head = {
-            "step_ts": fc.step_ts,
-            "issued_ms": fc.issued_ms,
-            "model_version": fc.model_version,
-            "step_ms": self.step_ms,
-            "features": self.features,
-        }
-        # Each sensor's value is `{**head, "forecast": per_sensor[i]}` as JSON; the head's bytes are made
-        # once per step, not once per sensor (3x faster at 207 sensors, the same bytes).
-        prefix = orjson.dumps(head)[:-1] + b',"forecast":'
-        dumps, numpy_opt = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
-        for sensor, forecast in zip(self.sensors, per_sensor, strict=True):
-            argv.append(sensor)
-            argv.append(b"%s%s}" % (prefix, dumps(forecast, option=numpy_opt)))
-        keys = [self.keys.done(fc.model_version), self.keys.stream, self.keys.latest, self.keys.latest_meta]
-        return bool(self._retrying(lambda: self._script(keys=keys, args=argv)))
+        return self.write_batch([fc])[0]
 
-    def write_actuals(self, steps: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
-        """Sealed steps `(step_ts, values [N, F], mask [N, F])` for consumers that chart actuals."""
-        if not steps:
-            return
-
-        def op() -> Any:
-            pipe = self.client.pipeline(transaction=False)
-            for step_ts, values, mask in steps:
-                fields = {
-                    "step_ts": step_ts,
-                    "shape": f"{values.shape[0]},{values.shape[1]}",
-                    "values": np.ascontiguousarray(values, dtype="<f4").tobytes(),
-                    "mask": np.ascontiguousarray(mask, dtype=np.uint8).tobytes(),
-                }
-                pipe.xadd(self.keys.actuals, fields, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.expire(self.keys.actuals, self.ttl_s)
-            return pipe.execute()
-
-        self._retrying(op)
-
-    def write_online(
-        self, step_ts: int, cumulative: dict[str, dict[str, Any]], rolling: dict[str, Any], mean_mae: float
-    ) -> None:
-        """Online scores: all-time per version, the serving model's rolling scores, and a history entry."""
-
-        def op() -> Any:
-            pipe = self.client.pipeline(transaction=False)
-            for version, scores in cumulative.items():
-                pipe.set(
-                    self.keys.online(version), orjson.dumps({**scores, "last_step": step_ts}), ex=self.ttl_s
+    def write_batch(
+        self,
+        forecasts: Sequence[StepForecast] = (),
+        *,
+        actuals: Sequence[Actual] = (),
+        online: OnlineScores | None = None,
+    ) -> list[bool]:
+        """Write a micro-batch in one round trip: the steps' forecasts (one model version, in step order),
+        sealed steps' actuals and the online scores. Returns per step whether it was written (False: this
+        (version, step) was already written, and nothing of it was written again)."""
+        if len({fc.model_version for fc in forecasts}) > 1:
+            raise ValueError("a batch holds the forecasts of one model version")
+        for fc in forecasts:
+            if fc.values.shape[1] != len(self.sensors):
+                raise ValueError(
+                    f"forecast covers {fc.values.shape[1]} sensors, the network has {len(self.sensors)}"
                 )
-            pipe.set(self.keys.online_rolling, orjson.dumps({**rolling, "step_ts": step_ts}), ex=self.ttl_s)
-            entry = {
-                "step_ts": step_ts,
-                "model_version": str(rolling.get("model_version")),
-                "mae": orjson.dumps(rolling.get("mae", [])),
-                "mean_mae": mean_mae,
-            }
-            pipe.xadd(self.keys.online_history, entry, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.expire(self.keys.online_history, self.ttl_s)
-            return pipe.execute()
-
-        self._retrying(op)
+        newest = max(forecasts, key=lambda fc: fc.step_ts) if forecasts else None
+        keys, args = scripts.batch_call(
+            self.keys,
+            ttl_s=self.ttl_s,
+            stream_maxlen=self.stream_maxlen,
+            publish=self._publish,
+            forecasts=forecasts,
+            latest=self._latest_fields(newest) if newest is not None else [],
+            actuals=actuals,
+            online=online,
+        )
+        out = self._call("WRITE_BATCH", keys, args)
+        if out[1]:  # `latest` must show a step older than the newest one (that one was written before)
+            fc = next(fc for fc in forecasts if fc.step_ts == int(out[1]))
+            args = [self.ttl_s, fc.step_ts, fc.model_version, fc.issued_ms, fc.values.shape[0]]
+            self._call(
+                "WRITE_LATEST", [self.keys.latest, self.keys.latest_meta], args + self._latest_fields(fc)
+            )
+        return [bool(w) for w in out[2:]]
 
     def write_health(self, health: dict[str, Any]) -> None:
         opt = orjson.OPT_NON_STR_KEYS
-        fields = {
-            k: v if isinstance(v, (int, float, str)) else orjson.dumps(v, option=opt)
-            for k, v in health.items()
-        }
-
-        def op() -> Any:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hset(self.keys.health, mapping=fields)  # type: ignore[arg-type]
-            pipe.expire(self.keys.health, self.ttl_s)
-            pipe.expire(self.keys.sensors, self.ttl_s)  # written once at start: kept while serving
-            return pipe.execute()
-
-        self._retrying(op)
+        fields: list[Any] = []
+        for k, v in health.items():
+            fields += [k, v if isinstance(v, (int, float, str)) else orjson.dumps(v, option=opt)]
+        self._call("WRITE_HEALTH", [self.keys.health, self.keys.sensors], [self.ttl_s, *fields])
 
     def add_event(self, kind: str, model_version: str, detail: dict[str, Any] | None = None) -> None:
         """Model lifecycle events (serving, drift, retrain_*, promoted, rejected, rollback)."""
-        fields = {
-            "ts": self.now(),
-            "type": kind,
-            "model_version": model_version,
-            "detail": orjson.dumps(detail or {}, default=str),
-        }
-        self._retrying(lambda: self.client.xadd(self.keys.events, fields, maxlen=10_000, approximate=True))  # type: ignore[arg-type]
+        fields = ["ts", self.now(), "type", kind, "model_version", model_version]
+        fields += ["detail", orjson.dumps(detail or {}, default=str)]
+        self._call("ADD_EVENT", [self.keys.events], [10_000, *fields])
+
+    def _latest_fields(self, fc: StepForecast) -> list[Any]:
+        return scripts.latest_fields(fc, self.sensors, self.features, self.step_ms)
+
+    def _call(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """One call of a script of `serving.sink_scripts`, retried while Redis is away; the lease key and
+        token go first, for its fence (token '': no lease, no check)."""
+        token = ""
+        if self.lease is not None:
+            if self.lease.token is None:
+                raise LeaseLost(self.lease.lost_message())
+            token = self.lease.token
+        run = self._scripts[script]
+        out = self._retrying(lambda: run(keys=[self.keys.lease, *keys], args=[token, *args]))
+        if self.lease is not None and out == scripts.LEASE_LOST:
+            raise LeaseLost(self.lease.lost_message())
+        return out
 
     def _retrying(self, op: Any) -> Any:
+        """`op()`, again with exponential backoff while Redis is unreachable or a cluster moves the slot,
+        up to the deadline (`SinkUnavailable`). Anything else, `LeaseLost` included, is not retried."""
         delay, deadline = 0.1, time.monotonic() + self.retry_deadline_s
         while True:
             try:

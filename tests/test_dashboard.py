@@ -28,7 +28,8 @@ from serving.dashboard.layout import force_layout, positions
 from serving.embedded import EmbeddedRuntime
 from serving.keys import Keys
 from serving.online import OnlineEvaluator
-from serving.sink import RedisSink, StepForecast
+from serving.sink import RedisSink
+from serving.sink_scripts import OnlineScores, StepForecast
 from stream.network import Network
 from stream.simulate import Simulator, simulated_network
 from training.baselines import Persistence, PersistenceConfig
@@ -90,13 +91,17 @@ def seed(url: str, network: Network) -> Seeded:
         vals.append(values[:, 0])
         pres.append(present[:, 0])
         scored = online.observe(ts, values, present) is not None
-        sink.write_actuals([(ts, values, present)])
         forecasts[ts] = (version, _forecast(values))
-        sink.write(StepForecast(ts, version, forecasts[ts][1], int(time.time() * 1000)))
         online.record_forecast(ts, version, forecasts[ts][1])
+        scores = None
         if scored:
             cumulative = {v: s.scores() for v, s in online.cumulative.items()}
-            sink.write_online(ts, cumulative, online.rolling(version), online.mean_rolling_mae(version))
+            scores = OnlineScores(ts, cumulative, online.rolling(version), online.mean_rolling_mae(version))
+        sink.write_batch(  # one step per micro-batch, as the live loop writes
+            [StepForecast(ts, version, forecasts[ts][1], int(time.time() * 1000))],
+            actuals=[(ts, values, present)],
+            online=scores,
+        )
     sink.write_health(
         {
             "ledger": {

@@ -1,6 +1,6 @@
 """Redis Cluster against a real one (`tests/redis_cluster.py`: three masters, three replicas on loopback):
-a network's keys share one slot; the sink's script, its pipelines, the sharded notifications, the clients
-and the dashboard's reads work there; a manual failover of the master serving the network's slot mid-stream
+a network's keys share one slot; the sink's scripts (a micro-batch in one call, fenced by the lease), the
+sharded notifications, the clients and the dashboard's reads work there; a manual failover of the master serving the network's slot mid-stream
 loses and doubles no step, through the sink alone and through the whole serving pipeline; and the start
 errors (unreachable, wrong password, the other cluster mode) are one line naming the setting.
 
@@ -34,8 +34,10 @@ from serving.dashboard.reader import DashboardReader
 from serving.embedded import EmbeddedRuntime
 from serving.forecaster import ModelSpec
 from serving.keys import Keys
+from serving.lease import Lease, LeaseLost
 from serving.pipeline import ServePipeline
 from serving.sink import RedisSink, RedisStartError, StepForecast, connect
+from serving.sink_scripts import OnlineScores
 from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.network import Feature, Network
 from stream.simulate import Simulator, simulated_network
@@ -73,7 +75,7 @@ def test_every_key_and_the_channel_of_a_network_share_one_slot() -> None:
             Keys(*bad)
 
 
-def test_sink_pipelines_notifications_and_readers_on_a_cluster(redis_cluster: LocalCluster) -> None:
+def test_sink_scripts_notifications_and_readers_on_a_cluster(redis_cluster: LocalCluster) -> None:
     prefix, name = _names()
     sensors = ("a", "b", "c")
     client = connect(_cluster_settings(redis_cluster, prefix))
@@ -89,17 +91,21 @@ def test_sink_pipelines_notifications_and_readers_on_a_cluster(redis_cluster: Lo
         note = notes.get(5.0)
     assert note is not None and note["step_ts"] == T0 and note["model_version"] == "v1"
     values, mask = np.ones((3, 1), np.float32), np.ones((3, 1), bool)
-    sink.write_actuals([(T0, values, mask), (T0 + STEP, values, mask)])  # pipelines, one slot
     scores = {"mae": [1.0] * H, "rmse": [1.0] * H, "mape": [0.1] * H, "n": [3] * H}
-    sink.write_online(T0, {"v1": scores}, {**scores, "model_version": "v1", "steps": 1}, 1.0)
+    written = sink.write_batch(  # one script call on the slot's master: steps, actuals, scores
+        [StepForecast(T0 + i * STEP, "v2", _forecast(i, 3), 20 + i) for i in range(3)],
+        actuals=[(T0, values, mask), (T0 + STEP, values, mask)],
+        online=OnlineScores(T0, {"v1": scores}, {**scores, "model_version": "v1", "steps": 1}, 1.0),
+    )
+    assert written == [True] * 3
     sink.write_health({"watermark": T0, "lag": {0: 1}, "ledger": {"received": 3}})
     sink.add_event("serving", "v1", {"spec": "test"})
 
     assert reader.sensors() == list(sensors)
     assert set(reader.latest()) == set(sensors) and reader.latest(["b"])["b"].forecast.shape == (H, 1)
-    assert reader.latest_step()["step_ts"] == str(T0)
+    assert reader.latest_step()["step_ts"] == str(T0 + 2 * STEP)
     snap = reader.snapshot(T0)
-    assert snap is not None and snap.values.shape == (H, 3, 1) and len(reader.snapshots()) == 1
+    assert snap is not None and snap.values.shape == (H, 3, 1) and len(reader.snapshots()) == 4
     network = Network.simple(name, list(sensors), [Feature("speed", "mph", 0, 100)], step_ms=STEP)
     dash = DashboardReader(client, network, prefix=prefix)
     assert dash.online()["versions"] and dash.events() and dash.health()["available"]
@@ -123,6 +129,15 @@ def test_sink_pipelines_notifications_and_readers_on_a_cluster(redis_cluster: Lo
 
     latest, note = asyncio.run(asynchronous())
     assert set(latest) == {"a", "c"} and note is not None and note["step_ts"] == T0 + STEP
+
+    lease = Lease(client, keys, ttl_s=30, owner="pipe")
+    lease.acquire()
+    fenced = RedisSink(client, keys, sensors=sensors, features=("speed",), step_ms=STEP, lease=lease)
+    assert fenced.write(StepForecast(T0 + 3 * STEP, "v1", _forecast(3, 3), 14))  # holding the lease
+    Lease(client, keys, ttl_s=30, owner="pipe").acquire()  # a restarted pipeline takes it over
+    with pytest.raises(LeaseLost):
+        fenced.write(StepForecast(T0 + 4 * STEP, "v1", _forecast(4, 3), 15))
+    assert reader.snapshot(T0 + 4 * STEP) is None and reader.snapshot(T0 + 3 * STEP) is not None
 
 
 @dataclass
