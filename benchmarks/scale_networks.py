@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from scale import RESULTS, merge  # benchmarks/scale.py
 from serve import _frames, _stformer_checkpoint  # benchmarks/serve.py: this folder is first on sys.path
 
 from serving.config import Settings
@@ -38,7 +39,6 @@ from stream.clock import wall_ms
 from stream.kafka_io import ReadingProducer, ensure_topics
 from stream.simulate import simulated_network
 
-RESULTS = Path(__file__).parent / "results" / "scale.json"
 SENSORS, WINDOW = 207, 12
 
 
@@ -149,12 +149,6 @@ def run(quick: bool = False) -> dict[str, Any]:
         "target_ratio": 1.5,
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-
-
-def merge(key: str, figures: dict[str, Any]) -> None:
-    doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    doc[key] = figures
-    RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""Serving large networks on this CPU: the block-attention STFormer against the dense one, in one run.
+
+    python benchmarks/scale_serve.py [--quick]
+
+The path of `benchmarks/serve.py` (`run_case`: real embedded Kafka and Redis, a local Ray forecaster actor,
+ONNX Runtime on a CPU) on simulated street grids (`stream.simulate.road_network`) of 1,000 and 8,600
+sensors. Models: an untrained STFormer of the "blocks" preset (spatial attention within METIS blocks of
+home sensors plus a halo; `training.partition`) and, as the baseline where it can run at all, the dense
+"small" preset; persistence at 8,600 sensors for the sink's share. Weights do not change timing.
+Per row: replay steps/s (a backlog) and the seal→Redis latency p50/p99 of live steps.
+
+Targets (issue #20): 1,000 sensors p99 ≤ 80 ms; 8,600 sensors p99 ≤ 1.5 s and replay ≥ 1 step/s; on a GPU
+8,600 sensors ≤ 100 ms per step.
+
+Merges its figures into benchmarks/results/scale.json under "serving".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from scale import RESULTS, merge  # benchmarks/scale.py
+from serve import _stformer_checkpoint, run_case  # benchmarks/serve.py: this folder is first on sys.path
+
+from serving.embedded import EmbeddedRuntime
+from stream.datasets import SensorDataset
+from stream.network import Network
+from stream.simulate import road_network
+
+T0 = 1_767_225_600_000
+
+
+def blocks_checkpoint(network: Network, root: Path) -> str:
+    """An untrained "blocks" STFormer for `network`, partitioned as training would, saved as a checkpoint."""
+    import torch
+
+    from training.checkpoint import Checkpoint, save_checkpoint
+    from training.data import protocol_for
+    from training.model import build_model
+    from training.scaler import StandardScaler
+
+    torch.manual_seed(0)
+    steps = 48
+    values = np.zeros((steps, network.n_sensors, 1), np.float32)
+    ds = SensorDataset(
+        network, values, np.ones_like(values, np.uint8), T0 + network.step_ms * np.arange(steps)
+    )
+    protocol = protocol_for(ds, window=12, horizon=12)
+    model = build_model("stformer", ds, protocol, "blocks", {"residual": True})
+    ckpt = Checkpoint.from_model(
+        "stformer",
+        model,
+        scaler=StandardScaler.identity(1),
+        network=network,
+        targets=("speed",),
+        window=12,
+        horizon=12,
+        version=f"bench-blocks-{network.n_sensors}",
+    )
+    return str(save_checkpoint(ckpt, root / f"blocks-{network.n_sensors}.pt"))
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    # (sensors, model, replay steps, live steps, live rate steps/s)
+    cases = [
+        (1000, "stformer-dense", 60, 40, 4.0),
+        (1000, "stformer-blocks", 60, 40, 4.0),
+        (8600, "persistence", 30, 15, 1.0),
+        (8600, "stformer-blocks", 30, 15, 0.5),
+    ]
+    if quick:
+        cases = [(n, m, max(20, r // 3), max(8, lv // 3), rate) for n, m, r, lv, rate in cases if n <= 1000]
+    rows = []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        with EmbeddedRuntime() as rt, tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            for n, model, replay_steps, live_steps, rate in cases:
+                network = road_network(n, step_ms=300_000)
+                spec = "baseline:persistence"
+                if model == "stformer-dense":
+                    spec = _stformer_checkpoint(network, root)
+                elif model == "stformer-blocks":
+                    spec = blocks_checkpoint(network, root)
+                row = run_case(
+                    rt,
+                    root,
+                    n,
+                    model,
+                    replay_steps=replay_steps,
+                    live_steps=live_steps,
+                    rate=rate,
+                    backend="auto",
+                    network=network,
+                    spec=spec,
+                )
+                rows.append(row)
+                print(
+                    f"{n:5d} sensors {model:16s} replay {row['replay_steps_per_s']:7.2f} steps/s  "
+                    f"live@{rate:g}/s p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  "
+                    f"infer {row['inference_ms_last']:.1f} ms on {row['device']}",
+                    flush=True,
+                )
+    finally:
+        ray.shutdown()
+    return {
+        "network": "stream.simulate.road_network (street grid), 5-minute steps, 1 feature",
+        "rows": rows,
+        "targets": {
+            "p99_ms_1000_blocks": 80,
+            "p99_ms_8600_blocks": 1500,
+            "replay_steps_per_s_8600_blocks": 1.0,
+        },
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    figures = run(quick=ap.parse_args().quick)
+    merge("serving", figures)
+    print(f"wrote {RESULTS} (serving)")
