@@ -34,18 +34,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import (
-    AskError,
-    ClusterError,
     NoPermissionError,
     RedisClusterException,
-    SlotNotCoveredError,
-    TryAgainError,
 )
 
 from serving import sink_scripts as scripts
 from serving.config import ConfigError, RedisSettings
 from serving.keys import Keys
-from serving.lease import Lease, LeaseLost
+from serving.lease import TRANSIENT_ERRORS, Lease, LeaseLost
 from serving.sink_scripts import Actual, OnlineScores, StepForecast
 from stream.clock import wall_ms
 
@@ -54,15 +50,6 @@ log = logging.getLogger(__name__)
 Client = redis.Redis | RedisCluster  # what `connect` returns: one server or a Redis Cluster
 AsyncClient = aioredis.Redis | AsyncRedisCluster
 
-# Worth another try: the server is away, or a cluster is moving the slot (failover, resharding).
-TRANSIENT_ERRORS = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    ClusterError,
-    TryAgainError,
-    SlotNotCoveredError,
-    AskError,
-)
 _CLIENT_TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 5}
 
 
