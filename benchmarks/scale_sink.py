@@ -18,7 +18,6 @@ Prints a table and merges its figures into benchmarks/results/scale.json under "
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -43,7 +42,6 @@ from serving.sink import RedisSink, connect
 from serving.sink_scripts import Actual, OnlineScores, StepForecast
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 T0 = 1_767_225_600_000
 STEP = 300_000
 SENSORS, HORIZON = 8_600, 12
@@ -319,19 +317,18 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    from scale import merge  # benchmarks/scale.py: this folder is first on sys.path
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="4 batches per size instead of 16")
     ap.add_argument("--cluster", action="store_true", help="also on a local 3+3 Redis Cluster")
-    ap.add_argument("--out", type=Path, default=RESULTS / "scale.json", help="merged under the key 'sink'")
     args = ap.parse_args()
     result = run(args.quick, args.cluster)
     print(f"sink time per step, {SENSORS} sensors x 1 feature, horizon {HORIZON} (ms)")
     print("single redis-server:\n" + _table(result["single_node"]))
     if "cluster_3x2" in result:
         print("3+3 Redis Cluster:\n" + _table(result["cluster_3x2"]))
-    merged = json.loads(args.out.read_text()) if args.out.exists() else {}
-    merged["sink"] = result
-    args.out.write_text(json.dumps(merged, indent=1) + "\n")
+    merge("sink", result)
 
 
 if __name__ == "__main__":

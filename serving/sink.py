@@ -174,6 +174,7 @@ class RedisSink:
         self.retry_deadline_s = retry_deadline_s
         self.now = now
         self.lease = lease
+        self._ids = orjson.dumps(list(sensors))  # the network's sensor ids in order, as JSON
         self._scripts: dict[str, Any] = {
             name: client.register_script(getattr(scripts, name))
             for name in ("WRITE_BATCH", "WRITE_LATEST", "WRITE_HEALTH", "ADD_EVENT", "PUBLISH_NETWORK")
@@ -183,7 +184,7 @@ class RedisSink:
         self.on_retry = on_retry  # e.g. the service's retry counter
 
     def publish_network(self) -> None:
-        self._call("PUBLISH_NETWORK", [self.keys.sensors], [orjson.dumps(list(self.sensors)), self.ttl_s])
+        self._call("PUBLISH_NETWORK", [self.keys.sensors], [self._ids, self.ttl_s])
 
     def write(self, fc: StepForecast) -> bool:
         """Write one step; returns False when this (version, step) was already written."""
@@ -213,7 +214,7 @@ class RedisSink:
             stream_maxlen=self.stream_maxlen,
             publish=self._publish,
             forecasts=forecasts,
-            latest=self._latest_fields(newest) if newest is not None else [],
+            latest=self._latest(newest) if newest is not None else (b"", b""),
             actuals=actuals,
             online=online,
         )
@@ -221,9 +222,7 @@ class RedisSink:
         if out[1]:  # `latest` must show a step older than the newest one (that one was written before)
             fc = next(fc for fc in forecasts if fc.step_ts == int(out[1]))
             args = [self.ttl_s, fc.step_ts, fc.model_version, fc.issued_ms, fc.values.shape[0]]
-            self._call(
-                "WRITE_LATEST", [self.keys.latest, self.keys.latest_meta], args + self._latest_fields(fc)
-            )
+            self._call("WRITE_LATEST", [self.keys.latest, self.keys.latest_meta], [*args, *self._latest(fc)])
         return [bool(w) for w in out[2:]]
 
     def write_health(self, health: dict[str, Any]) -> None:
@@ -239,8 +238,8 @@ class RedisSink:
         fields += ["detail", orjson.dumps(detail or {}, default=str)]
         self._call("ADD_EVENT", [self.keys.events], [10_000, *fields])
 
-    def _latest_fields(self, fc: StepForecast) -> list[Any]:
-        return scripts.latest_fields(fc, self.sensors, self.features, self.step_ms)
+    def _latest(self, fc: StepForecast) -> tuple[bytes, bytes]:
+        return self._ids, scripts.latest_docs(fc, self.features, self.step_ms)
 
     def _call(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """One call of a script of `serving.sink_scripts`, retried while Redis is away; the lease key and

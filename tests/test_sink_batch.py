@@ -23,14 +23,14 @@ from serving.embedded import EmbeddedRuntime
 from serving.keys import Keys
 from serving.lease import Lease, LeaseLost
 from serving.sink import RedisSink
-from serving.sink_scripts import Actual, OnlineScores, StepForecast, latest_fields
+from serving.sink_scripts import Actual, OnlineScores, StepForecast, latest_docs
 from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = 300_000
 T0 = 1_767_225_600_000
 N, H = 5, 3
-SENSORS = tuple(f"s{i}" for i in range(N))
+SENSORS = ("s0", "1234", 'q"uote\\', "new\nline", "ünï")  # ids the scripts must pass through as they are
 FEATURES = ("speed", "flow")
 
 
@@ -297,26 +297,19 @@ def test_an_expired_or_unacquired_lease_writes_nothing(url: str) -> None:
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (12, 1, 1), (1, 7, 1), (2, 7, 3), (12, 300, 1)])
-def test_latest_fields_are_one_dumps_per_sensor(shape: tuple[int, int, int]) -> None:
-    """The `latest` JSON cut out of one `dumps` of all sensors equals one `dumps` per sensor."""
+def test_latest_docs_are_one_dumps_per_sensor(shape: tuple[int, int, int]) -> None:
+    """The `latest` documents cut out of one `dumps` of all sensors equal one `dumps` per sensor."""
     values = np.random.default_rng(0).normal(0, 1e3, shape).astype(np.float32)  # [H, N, F]
     values.flat[::5] = np.nan
     values.flat[1::7] = np.inf
     values.flat[2::11] = 1e-39  # subnormal
-    fc = StepForecast(T0, "v1", values, 7)
-    sensors = tuple(f"s{i}" for i in range(shape[1]))
-    fields = latest_fields(fc, sensors, ["a", "b", "c"][: shape[2]], STEP)
-    head = {
-        "step_ts": T0,
-        "issued_ms": 7,
-        "model_version": "v1",
-        "step_ms": STEP,
-        "features": ["a", "b", "c"][: shape[2]],
-    }
-    want: list[Any] = []
-    for i, sensor in enumerate(sensors):
-        doc = orjson.dumps(
+    features = ["a", "b", "c"][: shape[2]]
+    head = {"step_ts": T0, "issued_ms": 7, "model_version": "v\n1", "step_ms": STEP, "features": features}
+    docs = latest_docs(StepForecast(T0, "v\n1", values, 7), features, STEP)
+    want = [
+        orjson.dumps(
             {**head, "forecast": np.ascontiguousarray(values[:, i])}, option=orjson.OPT_SERIALIZE_NUMPY
         )
-        want += [sensor, doc]
-    assert fields == want
+        for i in range(shape[1])
+    ]
+    assert docs.split(b"\n") == want
