@@ -6,8 +6,9 @@ step)` in the version's `done` set and writes nothing more of a step that was th
 a crash is harmless), appends the new steps' snapshots to the capped stream, updates the per-sensor
 `latest` hash only when the newest step is not older than what it holds, refreshes TTLs and publishes one
 notification per new step. With a lease (`serving.lease`), each script first checks that the lease still
-holds this sink's token, and a sink that lost it writes nothing and raises `LeaseLost`. Key names come
-from `serving.keys`.
+holds this sink's token (or lapsed with nobody acquiring it since: then it is taken back, as
+`Lease.renew` does), and a sink that lost it writes nothing and raises `LeaseLost`. Key names come from
+`serving.keys`.
 
 A Redis Cluster works the same way: a network's keys share one hash tag, so each script and the
 notification channel address one slot. There the notification is sharded pub/sub (`SPUBLISH`, Redis 7.0):
@@ -242,15 +243,16 @@ class RedisSink:
         return self._ids, scripts.latest_docs(fc, self.features, self.step_ms)
 
     def _call(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """One call of a script of `serving.sink_scripts`, retried while Redis is away; the lease key and
-        token go first, for its fence (token '': no lease, no check)."""
-        token = ""
+        """One call of a script of `serving.sink_scripts`, retried while Redis is away. The fence's keys
+        and arguments go first: the lease key and its epoch counter; the token ('' = no lease, no check),
+        its epoch and the lease's TTL."""
+        fence: list[Any] = ["", "", 0]
         if self.lease is not None:
             if self.lease.token is None:
                 raise LeaseLost(self.lease.lost_message())
-            token = self.lease.token
-        run = self._scripts[script]
-        out = self._retrying(lambda: run(keys=[self.keys.lease, *keys], args=[token, *args]))
+            fence = [self.lease.token, self.lease.epoch, self.lease.ttl_ms]
+        run, keys = self._scripts[script], [self.keys.lease, self.keys.lease_epoch, *keys]
+        out = self._retrying(lambda: run(keys=keys, args=[*fence, *args]))
         if self.lease is not None and out == scripts.LEASE_LOST:
             raise LeaseLost(self.lease.lost_message())
         return out

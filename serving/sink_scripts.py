@@ -3,7 +3,9 @@ module builds arguments and holds no connection.
 
 Every script starts with the **fence**: given a lease token, it compares it with the network's lease key
 (`serving.lease`) and, when the lease no longer holds that token, returns `LEASE_LOST` having written
-nothing. An empty token skips the check (a sink without a lease).
+nothing — unless the lease lapsed and nobody acquired it since (the epoch counter still at the token's
+epoch): then it takes the lease back, as `Lease.renew` does. An empty token skips the check (a sink
+without a lease).
 
 `WRITE_BATCH` writes a micro-batch of steps in one call: each step's forecast is recorded in its version's
 `done` set and, only when it was not there already (a replay writes nothing twice), appended to the
@@ -51,9 +53,17 @@ class OnlineScores:
     mean_mae: float
 
 
-# KEYS[1] is the lease, ARGV[1] the token ('' = no check).
+# KEYS[1], KEYS[2]: the lease and its epoch counter; ARGV[1..3]: the token ('' = no check), its epoch
+# and the lease's TTL ms. A lease that lapsed while nobody acquired it since (the counter still at its
+# epoch) is taken back, as `Lease.renew` does: this sink is still the only writer.
 _FENCE = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[1])
+  if holder ~= ARGV[1] then
+    if holder or redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  end
+end
 """
 # HSET `latest` from a JSON list of sensor ids and their documents, one per line (JSON holds no raw
 # newline), in chunks (a Lua call takes at most ~8000 arguments); returns the number of sensors. Two
@@ -75,9 +85,10 @@ local function hset_latest(key, ids_json, docs)
 end
 """
 
-# KEYS: lease, forecast stream, latest, latest meta, actuals, online rolling, online history, one
+# KEYS: lease, lease epoch, forecast stream, latest, latest meta, actuals, online rolling, online history, one
 # online:<version> key per all-time score, and last the steps' version's done set (when there are steps).
-# ARGV: token, TTL s, stream cap, publish command (PUBLISH, SPUBLISH on a cluster), channel, then
+# ARGV: token, epoch, lease TTL ms, TTL s, stream cap, publish command (PUBLISH, SPUBLISH on a cluster),
+# channel, then
 #   actuals: count, then (step_ts, shape "N,F", values, mask) each;
 #   online:  count of all-time scores, or -1 for no online scores; when >= 0: rolling JSON, history
 #            step_ts, history model version, history MAE JSON, mean MAE, then each all-time score's JSON;
@@ -90,31 +101,31 @@ WRITE_BATCH = (
     _HSET_LATEST
     + _FENCE
     + """
-local ttl, cap, publish, channel = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local a = 6
+local ttl, cap, publish, channel = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local a = 8
 local n_actuals = tonumber(ARGV[a])
 a = a + 1
 if n_actuals > 0 then
-  local top = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)[1]
+  local top = redis.call('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)[1]
   local sealed = top and tonumber(top[2][2]) or -1  -- its first field is step_ts
   for _ = 1, n_actuals do
     if tonumber(ARGV[a]) > sealed then  -- steps seal in order: an older one is a replay
       sealed = tonumber(ARGV[a])
-      redis.call('XADD', KEYS[5], 'MAXLEN', '~', cap, '*',
+      redis.call('XADD', KEYS[6], 'MAXLEN', '~', cap, '*',
         'step_ts', ARGV[a], 'shape', ARGV[a + 1], 'values', ARGV[a + 2], 'mask', ARGV[a + 3])
     end
     a = a + 4
   end
-  redis.call('EXPIRE', KEYS[5], ttl)
+  redis.call('EXPIRE', KEYS[6], ttl)
 end
 local n_scores = tonumber(ARGV[a])
 a = a + 1
 if n_scores >= 0 then
-  for i = 1, n_scores do redis.call('SET', KEYS[7 + i], ARGV[a + 4 + i], 'EX', ttl) end
-  redis.call('SET', KEYS[6], ARGV[a], 'EX', ttl)
-  redis.call('XADD', KEYS[7], 'MAXLEN', '~', cap, '*',
+  for i = 1, n_scores do redis.call('SET', KEYS[8 + i], ARGV[a + 4 + i], 'EX', ttl) end
+  redis.call('SET', KEYS[7], ARGV[a], 'EX', ttl)
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', cap, '*',
     'step_ts', ARGV[a + 1], 'model_version', ARGV[a + 2], 'mae', ARGV[a + 3], 'mean_mae', ARGV[a + 4])
-  redis.call('EXPIRE', KEYS[7], ttl)
+  redis.call('EXPIRE', KEYS[8], ttl)
   a = a + 5 + n_scores
 end
 local out = {1, ''}
@@ -124,13 +135,13 @@ local version, horizon, shape, attached = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
 a = a + 5
 local latest_from = a + 3 * n_steps
 local done = KEYS[#KEYS]
-local cur = tonumber(redis.call('HGET', KEYS[4], 'step_ts') or '-1')
+local cur = tonumber(redis.call('HGET', KEYS[5], 'step_ts') or '-1')
 local newest, top, top_issued, notes = nil, nil, nil, {}
 for _ = 1, n_steps do
   local step, issued = ARGV[a], ARGV[a + 1]
   if redis.call('ZADD', done, 'NX', step, step) == 1 then
-    local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', 'step_ts', step, 'model_version', version,
-      'issued_ms', issued, 'shape', shape, 'dtype', 'float32le', 'values', ARGV[a + 2])
+    local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'step_ts', step,
+      'model_version', version, 'issued_ms', issued, 'shape', shape, 'dtype', 'float32le', 'values', ARGV[a + 2])
     local t = tonumber(step)
     if t >= cur then cur, top, top_issued = t, step, issued end
     newest = math.max(newest or t, t)
@@ -143,60 +154,62 @@ for _ = 1, n_steps do
 end
 if newest == nil then return out end
 if top == attached then
-  local n = hset_latest(KEYS[3], ARGV[latest_from], ARGV[latest_from + 1])
-  redis.call('HSET', KEYS[4], 'step_ts', top, 'model_version', version, 'issued_ms', top_issued,
+  local n = hset_latest(KEYS[4], ARGV[latest_from], ARGV[latest_from + 1])
+  redis.call('HSET', KEYS[5], 'step_ts', top, 'model_version', version, 'issued_ms', top_issued,
     'horizon', horizon, 'n_sensors', n)
 elseif top then
   out[2] = top
 end
 redis.call('ZREMRANGEBYSCORE', done, '-inf', '(' .. (newest - ttl * 1000))
-for _, k in ipairs({done, KEYS[2], KEYS[3], KEYS[4]}) do redis.call('EXPIRE', k, ttl) end
+for _, k in ipairs({done, KEYS[3], KEYS[4], KEYS[5]}) do redis.call('EXPIRE', k, ttl) end
 for _, note in ipairs(notes) do redis.call(publish, channel, note) end
 return out
 """
 )
 
-# The rare second call of a batch (see WRITE_BATCH's `newer`). KEYS: lease, latest, latest meta.
-# ARGV: token, TTL s, step, model version, issued ms, horizon, sensor ids JSON, documents.
+# The rare second call of a batch (see WRITE_BATCH's `newer`). KEYS: lease, lease epoch, latest, latest
+# meta. ARGV: token, epoch, lease TTL ms, TTL s, step, model version, issued ms, horizon, sensor ids
+# JSON, documents.
 WRITE_LATEST = (
     _HSET_LATEST
     + _FENCE
     + """
-if tonumber(ARGV[3]) < tonumber(redis.call('HGET', KEYS[3], 'step_ts') or '-1') then return 0 end
-local n = hset_latest(KEYS[2], ARGV[7], ARGV[8])
-redis.call('HSET', KEYS[3], 'step_ts', ARGV[3], 'model_version', ARGV[4], 'issued_ms', ARGV[5],
-  'horizon', ARGV[6], 'n_sensors', n)
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
+if tonumber(ARGV[5]) < tonumber(redis.call('HGET', KEYS[4], 'step_ts') or '-1') then return 0 end
+local n = hset_latest(KEYS[3], ARGV[9], ARGV[10])
+redis.call('HSET', KEYS[4], 'step_ts', ARGV[5], 'model_version', ARGV[6], 'issued_ms', ARGV[7],
+  'horizon', ARGV[8], 'n_sensors', n)
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
 return 1
 """
 )
 
-# KEYS: lease, health, sensors. ARGV: token, TTL s, then field/value pairs.
+# KEYS: lease, lease epoch, health, sensors. ARGV: token, epoch, lease TTL ms, TTL s, then field/value
+# pairs.
 WRITE_HEALTH = (
     _FENCE
     + """
-redis.call('HSET', KEYS[2], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[3], ARGV[2]) -- written once at start: kept while serving
+redis.call('HSET', KEYS[3], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4]) -- written once at start: kept while serving
 return 1
 """
 )
 
-# KEYS: lease, events. ARGV: token, stream cap, then field/value pairs.
+# KEYS: lease, lease epoch, events. ARGV: token, epoch, lease TTL ms, stream cap, then field/value pairs.
 ADD_EVENT = (
     _FENCE
     + """
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
 return 1
 """
 )
 
-# KEYS: lease, sensors. ARGV: token, JSON list of sensor ids, TTL s.
+# KEYS: lease, lease epoch, sensors. ARGV: token, epoch, lease TTL ms, JSON list of sensor ids, TTL s.
 PUBLISH_NETWORK = (
     _FENCE
     + """
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
 return 1
 """
 )
@@ -237,7 +250,8 @@ def batch_call(
     actuals: Sequence[Actual],
     online: OnlineScores | None,
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of one `WRITE_BATCH` call after the lease key and token; `latest` is the sensor ids'
+    """KEYS and ARGV of one `WRITE_BATCH` call after the fence's (lease key and epoch counter; token, epoch
+    and lease TTL); `latest` is the sensor ids'
     JSON and the `latest` documents of the newest of `forecasts`."""
     names = [keys.stream, keys.latest, keys.latest_meta, keys.actuals, keys.online_rolling]
     names.append(keys.online_history)

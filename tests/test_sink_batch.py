@@ -1,7 +1,8 @@
 """The sink's batch write against a real Redis: a micro-batch is one round trip; readers see exactly what the
 per-step path showed them (that path, the baseline `LegacySink` of benchmarks/scale_sink.py, is the
-reference); a replayed batch doubles nothing; and the fence: a sink whose lease was taken over, expired
-or never acquired raises `LeaseLost` at once and writes nothing, while one holding the lease writes."""
+reference); a replayed batch doubles nothing; and the fence: a sink whose lease was taken over or never
+acquired raises `LeaseLost` at once and writes nothing, while one holding the lease writes, and one whose
+lease lapsed takes it back unless another pipeline acquired it since."""
 
 from __future__ import annotations
 
@@ -280,20 +281,32 @@ def test_a_sink_whose_lease_was_taken_over_writes_nothing(url: str, bench: Modul
     assert r.xlen(keys.stream) == 5 and r.xlen(keys.actuals) == 5
 
 
-def test_an_expired_or_unacquired_lease_writes_nothing(url: str) -> None:
+def test_a_lapsed_lease_is_taken_back_unless_acquired_since(url: str, bench: ModuleType) -> None:
+    """As `Lease.renew`: a lease that expired (a long Redis outage) while nobody acquired it is still this
+    sink's; once another pipeline acquired it, even if that one let it go again, it is lost."""
     keys = _keys()
     r = redis.Redis.from_url(url)
-    lease = Lease(r, keys, ttl_s=0.3, owner="pipe")
-    unacquired = _sink(r, keys, Lease(r, keys, ttl_s=30, owner="other"))
+    client = redis.Redis.from_url(url)
+    sent = bench.counting(client)
+    unacquired = _sink(client, keys, Lease(r, keys, ttl_s=30, owner="other"))
     with pytest.raises(LeaseLost):
         unacquired.write_batch(*_steps(0, 1)[:1])
+    assert sent[0] == 0  # refused before asking Redis
+    lease = Lease(r, keys, ttl_s=0.3, owner="pipe")
     lease.acquire()
-    sink = _sink(r, keys, lease)
+    sink = _sink(client, keys, lease)
     assert sink.write_batch(*_steps(0, 1)[:1]) == [True]
     wait_for(lambda: r.get(keys.lease) is None, timeout_s=5, what="the lease to expire")
+    assert sink.write_batch(*_steps(1, 1)[:1]) == [True]  # nobody acquired it meanwhile: taken back
+    taken_back = (r.get(keys.lease), r.pttl(keys.lease) > 0)
+    wait_for(lambda: r.get(keys.lease) is None, timeout_s=5, what="the lease to expire again")
+    other = Lease(r, keys, ttl_s=30, owner="other")
+    other.acquire()
+    other.release()
     with pytest.raises(LeaseLost, match="expired or was taken over"):
-        sink.write_batch(*_steps(1, 1)[:1])
-    assert r.xlen(keys.stream) == 1 and sink.retries == 0
+        sink.write_batch(*_steps(2, 1)[:1])
+    assert taken_back == (lease.token.encode() if lease.token else None, True)
+    assert r.xlen(keys.stream) == 2 and r.get(keys.lease) is None and sink.retries == 0
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (12, 1, 1), (1, 7, 1), (2, 7, 3), (12, 300, 1)])
