@@ -5,6 +5,10 @@ refused naming the lease, as is a second fleet on the same Ray cluster."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -14,7 +18,9 @@ from typing import Any
 import pytest
 import ray
 import redis
+from typer.testing import CliRunner
 
+from serving.cli import app
 from serving.config import Settings
 from serving.deployment import NetworkPlan, load_deployment
 from serving.embedded import EmbeddedRuntime
@@ -33,11 +39,11 @@ NAMES = ("north", "south", "east")
 STEPS, WINDOW, SPEED = 64, 4, 600.0  # 5-minute steps at speed 600: two steps a second
 
 
-def _deployment(rt: EmbeddedRuntime, tmp_path: Path) -> list[NetworkPlan]:
+def _deployment(rt: EmbeddedRuntime, tmp_path: Path, names: tuple[str, ...] = NAMES) -> list[NetworkPlan]:
     tag = uuid.uuid4().hex[:8]
     entries = "\n".join(
         f'[[networks]]\nname = "{n}"\nsimulate = {6 + 2 * i}\ntopic = "{n}-{tag}"\n'
-        for i, n in enumerate(NAMES)
+        for i, n in enumerate(names)
     )
     text = f"""
 [defaults]
@@ -114,6 +120,18 @@ def test_three_networks_one_killed_mid_stream_no_step_missing_or_doubled(
         with pytest.raises(LeaseHeld, match="already has a pipeline actor"):
             Fleet(plans[:1]).start()
 
+        status_cli = CliRunner().invoke(
+            app,
+            ["status", "--deployment", str(tmp_path / "deployment.toml"), "--json"],
+            catch_exceptions=False,
+        )
+        rows = {row["network"]: row for row in json.loads(status_cli.stdout)}
+        observed["status"] = {
+            n: (row["health"], row.get("model_version"), row.get("lag")) for n, row in rows.items()
+        }
+        assert sorted(rows) == sorted(NAMES) and all(r["health"] == "ok" for r in rows.values()), observed
+        assert all(r["lease"].split(":", 1)[1].startswith("actor-") for r in rows.values()), rows
+
         for t in sims:
             t.join(timeout=120)
         last = start - start % plans[0].network.step_ms + (STEPS - 2) * plans[0].network.step_ms
@@ -137,3 +155,51 @@ def test_three_networks_one_killed_mid_stream_no_step_missing_or_doubled(
     print("observed:", observed)
     assert observed["restart_s"] < 60, observed
     assert all(v > 0 for v in observed["others_progress_during_restart"].values()), observed
+
+
+def test_serve_deployment_command_runs_two_networks_and_status_lists_them(
+    embedded: EmbeddedRuntime, tmp_path: Path
+) -> None:
+    """`sensorcast serve --deployment` as a user runs it (its own Ray), readings flowing to both networks."""
+    plans = _deployment(embedded, tmp_path, names=("alpha", "beta"))
+    for p in plans:
+        k = p.settings.kafka
+        ensure_topics(k, {k.readings_topic: k.partitions, k.dead_letter_topic: 1})
+    cmd = [sys.executable, "-m", "serving.cli", "serve", "--deployment", str(tmp_path / "deployment.toml")]
+    proc = subprocess.Popen(
+        [*cmd, "--duration", "25"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    start = wall_ms() - (WINDOW + 2) * plans[0].network.step_ms
+    sims = [
+        threading.Thread(
+            target=run_simulation,
+            args=(p.settings.kafka, p.network),
+            kwargs={"speed": SPEED, "start_ts": start, "n_steps": 40, "backfill_steps": WINDOW + 2},
+        )
+        for p in plans
+    ]
+    for t in sims:
+        t.start()
+    r = redis.Redis.from_url(str(embedded.redis_url))
+    keys = [Keys(p.settings.redis.key_prefix, p.name) for p in plans]
+    try:
+        wait_for(lambda: all(r.hlen(k.latest) for k in keys), timeout_s=90, what="forecasts of both networks")
+        prefix = plans[0].settings.redis.key_prefix
+        args = ["status", "--redis-url", str(embedded.redis_url), "--key-prefix", prefix, "--json"]
+        out = CliRunner().invoke(app, args)
+        mine = {row["network"]: row for row in json.loads(out.stdout) if row["network"] in ("alpha", "beta")}
+        assert {n: row["health"] for n, row in mine.items()} == {"alpha": "ok", "beta": "ok"}, mine
+    finally:
+        for t in sims:
+            t.join(timeout=60)
+        text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, text[-3000:]
+    assert "serving 2 networks from" in text and "alpha: serving" in text and "beta: serving" in text, text[
+        -3000:
+    ]
+    assert "Traceback" not in text, text[-3000:]

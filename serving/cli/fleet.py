@@ -131,6 +131,9 @@ def status(
         typer.Option(help="the deployment file whose networks to list (default: every network found)"),
     ] = None,
     redis_url: RedisUrl = None,
+    key_prefix: Annotated[
+        str | None, typer.Option(help="the networks' key prefix (default: redis.key_prefix, 'sc')")
+    ] = None,
     config: ConfigFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
@@ -138,6 +141,8 @@ def status(
     from serving.sink import connect
 
     base = settings_from(config, None, redis_url, None)
+    if key_prefix is not None:
+        base.redis.key_prefix = key_prefix
     plans = load_deployment(deployment, base) if deployment is not None else None
     settings = plans[0].settings if plans else base
     if settings.redis.url is None:
