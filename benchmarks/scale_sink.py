@@ -25,7 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import numpy as np
 import orjson
 import redis
 from redis.cluster import RedisCluster
+from redis.connection import AbstractConnection
 
 from serving.config import RedisSettings
 from serving.embedded import EmbeddedRedis
@@ -164,24 +166,22 @@ class LegacySink:
         pipe.execute()
 
 
-def counting(client: Any) -> list[int]:
-    """Count the requests `client` sends from now on (a pipeline is one): `[n]`, read it as it grows."""
+@contextmanager
+def requests_sent() -> Iterator[list[int]]:
+    """Count the requests this process sends to Redis meanwhile, every client and node (a pipeline is
+    one): `[n]`, read it as it grows."""
     sent = [0]
-    if isinstance(client, RedisCluster):
-        pools = [node.redis_connection.connection_pool for node in client.get_nodes()]
-    else:
-        pools = [client.connection_pool]
-    for pool in pools:
-        base = pool.connection_class
+    original = AbstractConnection.send_packed_command
 
-        class Counting(base):  # type: ignore[valid-type,misc]
-            def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-                sent[0] += 1
-                super().send_packed_command(command, check_health)
+    def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sent[0] += 1
+        original(self, command, check_health)
 
-        pool.connection_class = Counting
-        pool.disconnect()  # connections made from now on count
-    return sent
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
 
 
 class Steps:
@@ -224,7 +224,6 @@ def compare(
         timed: dict[str, list[float]] = {"per_step": [], "batch": []}
         trips: dict[str, list[int]] = {"per_step": [], "batch": []}
         clients = {path: connect_client() for path in timed}
-        sent = {path: counting(c) for path, c in clients.items()}
         network = f"scale{uuid.uuid4().hex[:6]}"
         keys = {path: Keys(f"b{path}", network) for path in timed}
         lease = Lease(clients["batch"], keys["batch"], ttl_s=600, owner="bench")
@@ -236,17 +235,18 @@ def compare(
             "batch": RedisSink(clients["batch"], keys["batch"], lease=lease, **common),
         }
         data = {path: Steps(SENSORS, HORIZON, "v1") for path in timed}
-        for i in range(batches + 1):  # the first batch of each path loads its scripts: not timed
-            for path, sink in sinks.items():
-                forecasts, actuals, online = data[path].batch(size)
-                before = sent[path][0]
-                t = time.perf_counter()
-                written = sink.write_batch(forecasts, actuals=actuals, online=online)
-                elapsed = time.perf_counter() - t
-                assert all(written), f"{path}: a new step was not written"
-                if i:
-                    timed[path].append(1000 * elapsed / size)
-                    trips[path].append(sent[path][0] - before)
+        with requests_sent() as sent:
+            for i in range(batches + 1):  # the first batch of each path loads its scripts: not timed
+                for path, sink in sinks.items():
+                    forecasts, actuals, online = data[path].batch(size)
+                    before = sent[0]
+                    t = time.perf_counter()
+                    written = sink.write_batch(forecasts, actuals=actuals, online=online)
+                    elapsed = time.perf_counter() - t
+                    assert all(written), f"{path}: a new step was not written"
+                    if i:
+                        timed[path].append(1000 * elapsed / size)
+                        trips[path].append(sent[0] - before)
         clients["batch"].flushall()  # every primary of a cluster: the next size starts empty
         for c in clients.values():
             c.close()

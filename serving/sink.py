@@ -215,7 +215,7 @@ class RedisSink:
             stream_maxlen=self.stream_maxlen,
             publish=self._publish,
             forecasts=forecasts,
-            latest=self._latest(newest) if newest is not None else (b"", b""),
+            latest=self._latest(newest) if newest is not None else (b"", b"", b""),
             actuals=actuals,
             online=online,
         )
@@ -239,8 +239,8 @@ class RedisSink:
         fields += ["detail", orjson.dumps(detail or {}, default=str)]
         self._call("ADD_EVENT", [self.keys.events], [10_000, *fields])
 
-    def _latest(self, fc: StepForecast) -> tuple[bytes, bytes]:
-        return self._ids, scripts.latest_docs(fc, self.features, self.step_ms)
+    def _latest(self, fc: StepForecast) -> tuple[bytes, bytes, bytes]:
+        return (self._ids, *scripts.latest_docs(fc, self.features, self.step_ms))
 
     def _call(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """One call of a script of `serving.sink_scripts`, retried while Redis is away. The fence's keys

@@ -65,16 +65,17 @@ if ARGV[1] ~= '' then
   end
 end
 """
-# HSET `latest` from a JSON list of sensor ids and their documents, one per line (JSON holds no raw
-# newline), in chunks (a Lua call takes at most ~8000 arguments); returns the number of sensors. Two
-# arguments instead of a pair per sensor: packing and parsing 17,200 arguments cost more than this split.
+# HSET `latest` from a JSON list of sensor ids, the documents' common head and each sensor's forecast, one
+# per line (JSON holds no raw newline), in chunks (a Lua call takes at most ~8000 arguments); returns the
+# number of sensors. Three arguments instead of a pair per sensor: packing and parsing 17,200 arguments
+# cost more than this split, and the head travels once.
 _HSET_LATEST = """
-local function hset_latest(key, ids_json, docs)
+local function hset_latest(key, ids_json, head, forecasts)
   local ids, args, k, from = cjson.decode(ids_json), {}, 0, 1
   for i = 1, #ids do
-    local to = string.find(docs, '\\n', from, true) or (#docs + 1)
+    local to = string.find(forecasts, '\\n', from, true) or (#forecasts + 1)
     args[k + 1] = ids[i]
-    args[k + 2] = string.sub(docs, from, to - 1)
+    args[k + 2] = head .. string.sub(forecasts, from, to - 1) .. ']]}'
     k, from = k + 2, to + 1
     if k == 1000 or i == #ids then
       redis.call('HSET', key, unpack(args, 1, k))
@@ -94,7 +95,7 @@ end
 #            step_ts, history model version, history MAE JSON, mean MAE, then each all-time score's JSON;
 #   steps:   count; when > 0: model version, horizon, shape "H,N,F", the step whose `latest` documents
 #            follow, then (step_ts, issued_ms, values) each, in step order, then that step's `latest`:
-#            the JSON list of sensor ids, their documents one per line.
+#            the JSON list of sensor ids, the documents' head, each sensor's forecast one per line.
 # Returns {1, newer, written...}: `written` is 1 per step written, 0 per step already written; `newer` is
 # '' or, rarely, the step `latest` must show when it is not the one whose documents came along.
 WRITE_BATCH = (
@@ -154,7 +155,7 @@ for _ = 1, n_steps do
 end
 if newest == nil then return out end
 if top == attached then
-  local n = hset_latest(KEYS[4], ARGV[latest_from], ARGV[latest_from + 1])
+  local n = hset_latest(KEYS[4], ARGV[latest_from], ARGV[latest_from + 1], ARGV[latest_from + 2])
   redis.call('HSET', KEYS[5], 'step_ts', top, 'model_version', version, 'issued_ms', top_issued,
     'horizon', horizon, 'n_sensors', n)
 elseif top then
@@ -168,14 +169,14 @@ return out
 )
 
 # The rare second call of a batch (see WRITE_BATCH's `newer`). KEYS: lease, lease epoch, latest, latest
-# meta. ARGV: token, epoch, lease TTL ms, TTL s, step, model version, issued ms, horizon, sensor ids
-# JSON, documents.
+# meta. ARGV: token, epoch, lease TTL ms, TTL s, step, model version, issued ms, horizon, then `latest`
+# as in WRITE_BATCH (ids, head, forecasts).
 WRITE_LATEST = (
     _HSET_LATEST
     + _FENCE
     + """
 if tonumber(ARGV[5]) < tonumber(redis.call('HGET', KEYS[4], 'step_ts') or '-1') then return 0 end
-local n = hset_latest(KEYS[3], ARGV[9], ARGV[10])
+local n = hset_latest(KEYS[3], ARGV[9], ARGV[10], ARGV[11])
 redis.call('HSET', KEYS[4], 'step_ts', ARGV[5], 'model_version', ARGV[6], 'issued_ms', ARGV[7],
   'horizon', ARGV[8], 'n_sensors', n)
 redis.call('EXPIRE', KEYS[3], ARGV[4])
@@ -215,8 +216,9 @@ return 1
 )
 
 
-def latest_docs(fc: StepForecast, features: list[str], step_ms: int) -> bytes:
-    """One step's `latest` documents (the JSON documented in `serving.keys`), one line per sensor."""
+def latest_docs(fc: StepForecast, features: list[str], step_ms: int) -> tuple[bytes, bytes]:
+    """One step's `latest` documents (the JSON documented in `serving.keys`) as their common head and each
+    sensor's forecast, one per line: a sensor's document is `head + forecast + b"]]}"`."""
     head = {
         "step_ts": fc.step_ts,
         "issued_ms": fc.issued_ms,
@@ -225,18 +227,16 @@ def latest_docs(fc: StepForecast, features: list[str], step_ms: int) -> bytes:
         "features": features,
     }
     per_sensor = np.ascontiguousarray(fc.values.transpose(1, 0, 2), dtype=np.float32)  # [N, H, F]
-    # Each sensor's document is `{**head, "forecast": per_sensor[i]}` as JSON, the same bytes as one `dumps`
-    # per sensor, made by one `dumps` of all sensors cut apart: in `[[[a],[b]],[[c],[d]]]` only a sensor
-    # boundary reads `]],[[`. One feature goes as [N, H] (orjson writes it 4x faster than [N, H, 1]),
-    # `[[a,b],[c,d]]`, whose rows' brackets are put back: `a],[b` and `c],[d`.
+    # The same bytes as one `dumps` per sensor, made by one `dumps` of all sensors cut apart: in
+    # `[[[a],[b]],[[c],[d]]]` only a sensor boundary reads `]],[[`. One feature goes as [N, H] (orjson
+    # writes it 4x faster than [N, H, 1]), `[[a,b],[c,d]]`, whose rows' brackets are put back.
     numpy, (n, h, f) = orjson.OPT_SERIALIZE_NUMPY, per_sensor.shape
     if f == 1:
         rows = orjson.dumps(per_sensor.reshape(n, h), option=numpy)[2:-2]  # `a,b],[c,d`
-        cells = rows.replace(b"],[", b"\n").replace(b",", b"],[").split(b"\n")
+        forecasts = rows.replace(b"],[", b"\n").replace(b",", b"],[")  # `a],[b` `c],[d`
     else:
-        cells = orjson.dumps(per_sensor, option=numpy)[3:-3].split(b"]],[[")
-    prefix = orjson.dumps(head)[:-1] + b',"forecast":[['
-    return b"\n".join([prefix + c + b"]]}" for c in cells])
+        forecasts = orjson.dumps(per_sensor, option=numpy)[3:-3].replace(b"]],[[", b"\n")
+    return orjson.dumps(head)[:-1] + b',"forecast":[[', forecasts
 
 
 def batch_call(
@@ -246,13 +246,12 @@ def batch_call(
     stream_maxlen: int,
     publish: str,
     forecasts: Sequence[StepForecast],
-    latest: tuple[bytes, bytes],
+    latest: tuple[bytes, bytes, bytes],
     actuals: Sequence[Actual],
     online: OnlineScores | None,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one `WRITE_BATCH` call after the fence's (lease key and epoch counter; token, epoch
-    and lease TTL); `latest` is the sensor ids'
-    JSON and the `latest` documents of the newest of `forecasts`."""
+    and lease TTL); `latest` is the newest forecast's `latest` (ids JSON, head, forecasts: `latest_docs`)."""
     names = [keys.stream, keys.latest, keys.latest_meta, keys.actuals, keys.online_rolling]
     names.append(keys.online_history)
     args: list[Any] = [ttl_s, stream_maxlen, publish, keys.channel, len(actuals)]
