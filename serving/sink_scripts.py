@@ -86,10 +86,10 @@ local function hset_latest(key, ids_json, head, forecasts)
 end
 """
 
-# KEYS: lease, lease epoch, forecast stream, latest, latest meta, actuals, online rolling, online history, one
-# online:<version> key per all-time score, and last the steps' version's done set (when there are steps).
-# ARGV: token, epoch, lease TTL ms, TTL s, stream cap, publish command (PUBLISH, SPUBLISH on a cluster),
-# channel, then
+# KEYS: lease, lease epoch, forecast stream, latest, latest meta, actuals, online rolling, online
+# history, one online:<version> key per all-time score, and last the steps' version's done set (when
+# there are steps). ARGV: token, epoch, lease TTL ms, TTL s, stream cap, publish command (PUBLISH, or
+# SPUBLISH on a cluster), channel, then
 #   actuals: count, then (step_ts, shape "N,F", values, mask) each;
 #   online:  count of all-time scores, or -1 for no online scores; when >= 0: rolling JSON, history
 #            step_ts, history model version, history MAE JSON, mean MAE, then each all-time score's JSON;
@@ -141,8 +141,8 @@ local newest, top, top_issued, notes = nil, nil, nil, {}
 for _ = 1, n_steps do
   local step, issued = ARGV[a], ARGV[a + 1]
   if redis.call('ZADD', done, 'NX', step, step) == 1 then
-    local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'step_ts', step,
-      'model_version', version, 'issued_ms', issued, 'shape', shape, 'dtype', 'float32le', 'values', ARGV[a + 2])
+    local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'step_ts', step, 'model_version',
+      version, 'issued_ms', issued, 'shape', shape, 'dtype', 'float32le', 'values', ARGV[a + 2])
     local t = tonumber(step)
     if t >= cur then cur, top, top_issued = t, step, issued end
     newest = math.max(newest or t, t)
