@@ -209,7 +209,9 @@ function drawMae(online) {
     lastX = ex;
     const line = el(svg, "line", { class: `event event-${e.type}`, x1: ex, x2: ex, y1: box.t, y2: box.b, stroke: colour });
     el(line, "title", {}, `${e.type} ${e.model_version} at ${stamp(e.ts)}`);
-    el(svg, "text", { x: ex + 3, y: box.t + 8 + 11 * (row % 4), style: `fill:${colour}` }, `${e.type} ${e.model_version}`);
+    const right = ex > box.r - 140;  // near the right edge the label goes left of its line
+    el(svg, "text", { x: right ? ex - 3 : ex + 3, y: box.t + 8 + 11 * (row % 4), "text-anchor": right ? "end" : "start",
+      style: `fill:${colour}` }, `${e.type} ${e.model_version}`);
   }
   $("mae-legend").innerHTML = legend.join(" ");
 }
