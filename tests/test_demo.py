@@ -66,12 +66,10 @@ def demo_run(embedded: EmbeddedRuntime, tmp_path_factory: pytest.TempPathFactory
         "SENSORCAST_KAFKA__SESSION_TIMEOUT_MS": "3000",
         "SENSORCAST_REDIS__KEY_PREFIX": f"demo{tag}",
     }
-    cmd = [
-        sys.executable, "-m", "serving.cli", "demo",
-        "--duration", str(DURATION_S), "--sensors", str(SENSORS), "--show", "3",
-        "--bootstrap", str(embedded.bootstrap), "--redis-url", str(embedded.redis_url),
-        "--data-dir", str(root / "data"), "--summary-json", str(root / "summary.json"),
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "serving.cli", "demo", "--duration", str(DURATION_S)]
+    cmd += ["--sensors", str(SENSORS), "--show", "3", "--data-dir", str(root / "data")]
+    cmd += ["--bootstrap", str(embedded.bootstrap), "--redis-url", str(embedded.redis_url)]
+    cmd += ["--summary-json", str(root / "summary.json")]
     proc = subprocess.Popen(
         cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
