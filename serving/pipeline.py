@@ -101,6 +101,7 @@ class ServePipeline:
             ttl_s=s.redis.ttl_s,
             stream_maxlen=s.redis.stream_maxlen,
             on_retry=metrics.redis_retries.inc,
+            lease=lease,  # every write checks the fencing token
         )
         sink.publish_network()
         online = OnlineEvaluator(
