@@ -230,7 +230,7 @@ def compare(
         lease = Lease(clients["batch"], keys["batch"], ttl_s=600, owner="bench")
         lease.acquire()
         sensors = tuple(f"s{i:05d}" for i in range(SENSORS))
-        common = {"sensors": sensors, "features": ("speed",), "step_ms": STEP}
+        common: dict[str, Any] = {"sensors": sensors, "features": ("speed",), "step_ms": STEP}
         sinks: dict[str, Any] = {
             "per_step": LegacySink(clients["per_step"], keys["per_step"], **common),
             "batch": RedisSink(clients["batch"], keys["batch"], lease=lease, **common),
