@@ -2,7 +2,7 @@
 the writer (`serving.sink`) both go through `Keys`.
 
 Every key starts with `<prefix>:{<network>}:` — the braces are a Redis Cluster hash tag, so one network's
-keys (and its notification channel) live in one slot and the per-step write can be one atomic script; the
+keys (and its notification channel) live in one slot and a micro-batch's write can be one atomic script; the
 prefix and the network name may not contain braces themselves. With the defaults (`sc`, network `sim`):
 
 | key | type | content |
