@@ -103,8 +103,8 @@ def driver(args: dict[str, Any]) -> dict[str, Any]:
     loads: dict[str, Any] = {}
     for where, source in (("remote", uri), ("remote", local), ("local", local)):
         settings = RaySettings(actor_resources=pins[where], actor_num_cpus=0.5, cpu_backend="torch")
-        actor = make_actor(settings, network, 12, 12, storage)
-        ray.get(actor.load.remote(*ship(ModelSpec(local, ckpt.sha256), storage).args()))
+        actor = make_actor(settings, 12, 12, storage)
+        ray.get(actor.load.remote(*ship(ModelSpec(local, ckpt.sha256), storage).args(), network.to_dict()))
         node = ray.get(actor.info.remote())["node"]
         walls, inside = [], []
         for _ in range(args["repeats"]):

@@ -19,6 +19,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from serving.forecaster import ModelSpec, Shipment
+from stream.network import Network
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Dispatcher:
         self,
         actors: Sequence[Any],
         shipment: Shipment,
+        network: Network,
         *,
         call_timeout_s: float = 60.0,
         retry_deadline_s: float = 120.0,
@@ -59,6 +61,7 @@ class Dispatcher:
             raise ValueError("the dispatcher needs at least one forecaster actor")
         self.actors = list(actors)
         self.shipment = shipment  # kept: a restarted actor is sent it again
+        self.network = ray.put(network.to_dict())  # with every load(): a restarted actor needs it again
         self.call_timeout_s = call_timeout_s
         self.retry_deadline_s = retry_deadline_s
         self.version: str = ""
@@ -70,7 +73,7 @@ class Dispatcher:
     def start(self) -> str:
         """Send every actor the shipment and wait until each hosts it; returns the model version. A model
         that cannot load raises here, with the actor's reason."""
-        ray.get([a.load.remote(*self.shipment.args()) for a in self.actors], timeout=self.retry_deadline_s)
+        ray.get([self._load(a, self.shipment) for a in self.actors], timeout=self.retry_deadline_s)
         infos = ray.get([a.info.remote() for a in self.actors], timeout=self.retry_deadline_s)
         versions = {i["version"] for i in infos}
         if len(versions) != 1:
@@ -105,12 +108,15 @@ class Dispatcher:
 
     def load(self, shipment: Shipment) -> str:
         """Hot swap on every replica; the new version serves from the next call on."""
-        refs = [a.load.remote(*shipment.args()) for a in self.actors]
+        refs = [self._load(a, shipment) for a in self.actors]
         versions = set(ray.get(refs, timeout=self.retry_deadline_s))
         if len(versions) != 1:
             raise RuntimeError(f"replicas loaded different versions: {sorted(versions)}")
         self.shipment, self.version = shipment, versions.pop()
         return self.version
+
+    def _load(self, actor: Any, shipment: Shipment) -> Any:
+        return actor.load.remote(*shipment.args(), self.network)
 
     def submit(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> Call:
         """Start a forecast of `values`, `mask` [B, window, N, F] and `step_ts` [B, window] (a chunk per
@@ -149,7 +155,7 @@ class Dispatcher:
                     "actor answered with another version; reloading",
                     extra={"got": version, "want": self.version},
                 )
-                ray.get(self.actors[i].load.remote(*self.shipment.args()), timeout=self.retry_deadline_s)
+                ray.get(self._load(self.actors[i], self.shipment), timeout=self.retry_deadline_s)
             except _ACTOR_ERRORS as exc:
                 if time.monotonic() + delay > deadline:
                     raise ForecastUnavailable(

@@ -95,14 +95,13 @@ def build_predictor(
 class Forecaster:
     """The actor body (a plain class, so it is testable without Ray); `make_actor` starts it as a Ray actor.
 
-    The constructor takes no model: its arguments stay small and inline, so Ray can always restart the actor
-    from them (a checkpoint's bytes in the object store as a constructor argument could be gone by then).
-    The model comes with `load()`, right after creation and again after a restart (the dispatcher sees the
-    empty version a restarted actor answers with)."""
+    The constructor takes neither the model nor the network: its arguments stay small and inline, so Ray can
+    always restart the actor from them (a checkpoint's bytes, or a large network's definition, in the object
+    store as a constructor argument could be gone by then). Both come with `load()`, right after creation
+    and again after a restart (the dispatcher sees the empty version a restarted actor answers with)."""
 
     def __init__(
         self,
-        network: dict[str, Any],
         window: int,
         horizon: int,
         torch_threads: int = 1,
@@ -112,7 +111,7 @@ class Forecaster:
         import torch
 
         torch.set_num_threads(max(1, torch_threads))
-        self.network = Network.from_dict(network)
+        self.network: Network | None = None  # comes with the first load(): it may be large
         self.window = window
         self.horizon = horizon
         self.cpu_backend = cpu_backend
@@ -123,11 +122,21 @@ class Forecaster:
         self.calls = 0
         self.load_ms = 0.0
 
-    def load(self, ref: str, sha256: str | None = None, blob: bytes | None = None) -> str:
-        """Hot swap: load a new model (bytes, or read from `ref`); returns its version. The old one serves
-        until this returns."""
+    def load(
+        self,
+        ref: str,
+        sha256: str | None = None,
+        blob: bytes | None = None,
+        network: dict[str, Any] | None = None,
+    ) -> str:
+        """Hot swap: load a new model (bytes, or read from `ref`) for `network` (the first call's is kept);
+        returns its version. The old one serves until this returns."""
         t0 = time.perf_counter()
         try:
+            if network is not None and self.network is None:
+                self.network = Network.from_dict(network)
+            if self.network is None:
+                raise RuntimeError("the first load() must bring the network")
             predictor = build_predictor(
                 ModelSpec(ref, sha256),
                 self.network,
@@ -183,7 +192,6 @@ class Forecaster:
 
 def make_actor(
     settings: RaySettings,
-    network: Network,
     window: int,
     horizon: int,
     storage: StorageSettings,
@@ -197,6 +205,4 @@ def make_actor(
         max_restarts=settings.actor_max_restarts,
         max_task_retries=settings.actor_max_task_retries,
     )
-    return actor_cls.remote(
-        network.to_dict(), window, horizon, settings.actor_torch_threads, settings.cpu_backend, storage
-    )
+    return actor_cls.remote(window, horizon, settings.actor_torch_threads, settings.cpu_backend, storage)

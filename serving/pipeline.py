@@ -83,13 +83,11 @@ class ServePipeline:
         s, network = self.settings, self.network
         window, horizon = s.window.window, s.window.horizon
         # the actors start without a model: their processes come up while the model is resolved here
-        actors = self.actors or [
-            make_actor(s.ray, network, window, horizon, s.storage) for _ in range(s.ray.replicas)
-        ]
+        actors = self.actors or [make_actor(s.ray, window, horizon, s.storage) for _ in range(s.ray.replicas)]
         archive = Archive(s.archive.root, network, s.storage)
         check(archive.root, "archive.root")
         spec, registry = serving_model(s, self.spec, network)
-        dispatcher = Dispatcher(actors, ship(spec, s.storage))
+        dispatcher = Dispatcher(actors, ship(spec, s.storage), network)
         metrics = ServeMetrics()
         metrics.set_version(dispatcher.start())
         sink = RedisSink(

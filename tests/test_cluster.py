@@ -65,9 +65,9 @@ out = {"driver_node": ray.get_runtime_context().get_node_id()}
 for name, (ref, sha) in specs.items():
     shipment = ship(ModelSpec(ref, sha), storage)
     settings = RaySettings(**pinned, actor_max_restarts=0 if name == "replaced" else 5)
-    actor = make_actor(settings, net, 12, 12, storage)
+    actor = make_actor(settings, 12, 12, storage)
     try:
-        ray.get(actor.load.remote(*shipment.args()), timeout=120)
+        ray.get(actor.load.remote(*shipment.args(), net.to_dict()), timeout=120)
         info = ray.get(actor.info.remote(), timeout=120)
         y, version, _ = ray.get(actor.forecast.remote(x["values"], x["mask"], x["step_ts"]), timeout=120)
         out[name] = {"node": info["node"], "version": version, "load_ms": info["load_ms"],
