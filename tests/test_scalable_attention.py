@@ -5,6 +5,7 @@ serving through `Predictor` (ONNX Runtime and torch)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -205,3 +206,20 @@ def test_los_loop_blocks_from_its_coordinates_and_edges(datasets_dir: Path) -> N
     assert ds.network.coords is not None and ds.network.coords[0] == pytest.approx((-118.31829, 34.15497))
     blocks = partition(ds.network, 128)
     assert blocks.count == 3 and sorted(blocks.members[blocks.home_slots()].tolist()) == list(range(207))
+
+
+@pytest.mark.bench
+def test_scale_model_benchmark_quick_mode_reports_every_figure() -> None:
+    """`benchmarks/scale_model.py` quick mode (< 2 min): every part's figures, nothing written."""
+    spec = importlib.util.spec_from_file_location(
+        "scale_model", Path(__file__).resolve().parents[1] / "benchmarks" / "scale_model.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.run(quick=True, parts=("forward", "train", "road"))
+    assert [r["sensors"] for r in figures["forward"]] == [200, 1000]
+    assert all(r["dense_ms"] > 0 and r["blocks_ms"] > 0 and r["blocks"] >= 2 for r in figures["forward"])
+    train = figures["train_675"]
+    assert train["samples_ratio"] > 0 and train["blocks_sensor_windows_per_s"] > 0
+    assert len(figures["road_675"]["per_step"]) == 12

@@ -3,8 +3,8 @@ a fresh model of a kind for a dataset and its protocol.
 
 The models themselves live in `training.seq2seq` (AttentionSeq2Seq), `training.stformer` (STFormer) and
 `training.baselines`; their attention blocks in `training.attention`, the sensor blocks of the "blocks"
-preset in `training.partition`. A checkpoint rebuilds its model
-from the same table (`MODEL_CLASSES`, used by `training.checkpoint`). No I/O, no training here.
+preset in `training.partition`. A checkpoint rebuilds its model from the same table (`MODEL_CLASSES`, used
+by `training.checkpoint`). No I/O, no training here.
 """
 
 from __future__ import annotations
@@ -30,33 +30,22 @@ MODEL_CLASSES: dict[str, tuple[type, type[nn.Module]]] = {
 BASELINES = ("persistence", "historical_average")  # fitted, not trained by gradient descent
 MODEL_ALIASES = {"ha": "historical_average", "transformer": "stformer"}
 
+SMALL: dict[str, int | float] = dict(  # CPU: fits a 2-core, 30-minute budget on a ~200-sensor network.
+    input_dim=16,
+    tod_dim=16,
+    dow_dim=8,
+    adaptive_dim=24,
+    heads=2,
+    temporal_layers=1,
+    spatial_layers=1,
+    ffn_dim=96,
+    dropout=0.1,
+)
 PRESETS: dict[str, dict[str, int | float]] = {  # STFormer sizes
-    # CPU: fits a 2-core, 30-minute budget on a ~200-sensor network.
-    "small": dict(
-        input_dim=16,
-        tod_dim=16,
-        dow_dim=8,
-        adaptive_dim=24,
-        heads=2,
-        temporal_layers=1,
-        spatial_layers=1,
-        ffn_dim=96,
-        dropout=0.1,
-    ),
+    "small": SMALL,
     # CPU, large networks: "small" with spatial attention within blocks of 128 sensors (home + halo), so
     # serving and training cost grow linearly with the sensors (`training.partition`).
-    "blocks": dict(
-        input_dim=16,
-        tod_dim=16,
-        dow_dim=8,
-        adaptive_dim=24,
-        heads=2,
-        temporal_layers=1,
-        spatial_layers=1,
-        ffn_dim=96,
-        dropout=0.1,
-        block_size=128,
-    ),
+    "blocks": {**SMALL, "block_size": 128},
     # GPU: STAEformer's published size.
     "full": dict(
         input_dim=24,
