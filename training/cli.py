@@ -25,6 +25,7 @@ class ModelKind(str, Enum):
 
 class Preset(str, Enum):
     small = "small"
+    blocks = "blocks"
     full = "full"
 
 
@@ -44,7 +45,9 @@ def train(
     dataset: DatasetOpt,
     out: Annotated[Path, typer.Option("--out", help="checkpoint file to write")],
     model: Annotated[ModelKind, typer.Option("--model")] = ModelKind.stformer,
-    preset: Annotated[Preset, typer.Option("--preset", help="small (CPU) or full (GPU)")] = Preset.small,
+    preset: Annotated[
+        Preset, typer.Option("--preset", help="small (CPU), blocks (CPU, large networks) or full (GPU)")
+    ] = Preset.small,
     workers: Annotated[int, typer.Option("--workers", help="Ray Train workers; 0 = plain loop, no Ray")] = 2,
     gpu: Annotated[bool, typer.Option("--gpu", help="one GPU per Ray worker")] = False,
     cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker")] = 0.5,
