@@ -21,6 +21,7 @@ import argparse
 import importlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,16 @@ def main() -> None:
         print(
             f"== {key}: {time.monotonic() - t0:.0f} s, merged into benchmarks/results/scale.json", flush=True
         )
+
+
+def part_main(key: str, run: Callable[..., dict[str, Any]]) -> None:
+    """A part run alone (`python benchmarks/scale_PART.py [--quick]`): its figures, merged under `key`."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    figures = run(quick=ap.parse_args().quick)
+    print(json.dumps(figures, indent=1))
+    merge(key, figures)
+    print(f"wrote {RESULTS} ({key})")
 
 
 def merge(key: str, figures: dict[str, Any]) -> None:

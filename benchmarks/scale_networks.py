@@ -15,8 +15,6 @@ Merges its figures into benchmarks/results/scale.json under "networks".
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 import threading
@@ -27,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from scale import RESULTS, merge  # benchmarks/scale.py
+from scale import part_main  # benchmarks/scale.py
 from serve import _frames, _stformer_checkpoint  # benchmarks/serve.py: this folder is first on sys.path
 
 from serving.config import Settings
@@ -152,9 +150,4 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    figures = run(quick=ap.parse_args().quick)
-    print(json.dumps(figures, indent=1))
-    merge("networks", figures)
-    print(f"wrote {RESULTS} (networks)")
+    part_main("networks", run)

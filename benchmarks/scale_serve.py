@@ -17,7 +17,6 @@ Merges its figures into benchmarks/results/scale.json under "serving".
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -25,8 +24,12 @@ from typing import Any
 
 import numpy as np
 import ray
-from scale import RESULTS, merge  # benchmarks/scale.py
-from serve import _stformer_checkpoint, run_case  # benchmarks/serve.py: this folder is first on sys.path
+from scale import part_main  # benchmarks/scale.py
+from serve import (  # benchmarks/serve.py: this folder is first on sys.path
+    _stformer_checkpoint,
+    run_case,
+    save_untrained,
+)
 
 from serving.embedded import EmbeddedRuntime
 from stream.datasets import SensorDataset
@@ -40,10 +43,8 @@ def blocks_checkpoint(network: Network, root: Path) -> str:
     """An untrained "blocks" STFormer for `network`, partitioned as training would, saved as a checkpoint."""
     import torch
 
-    from training.checkpoint import Checkpoint, save_checkpoint
     from training.data import protocol_for
     from training.model import build_model
-    from training.scaler import StandardScaler
 
     torch.manual_seed(0)
     steps = 48
@@ -53,17 +54,7 @@ def blocks_checkpoint(network: Network, root: Path) -> str:
     )
     protocol = protocol_for(ds, window=12, horizon=12)
     model = build_model("stformer", ds, protocol, "blocks", {"residual": True})
-    ckpt = Checkpoint.from_model(
-        "stformer",
-        model,
-        scaler=StandardScaler.identity(1),
-        network=network,
-        targets=("speed",),
-        window=12,
-        horizon=12,
-        version=f"bench-blocks-{network.n_sensors}",
-    )
-    return str(save_checkpoint(ckpt, root / f"blocks-{network.n_sensors}.pt"))
+    return save_untrained(model, network, root, "blocks")
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -125,8 +116,4 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    figures = run(quick=ap.parse_args().quick)
-    merge("serving", figures)
-    print(f"wrote {RESULTS} (serving)")
+    part_main("serving", run)

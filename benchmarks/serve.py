@@ -77,9 +77,7 @@ def _settings(
 def _stformer_checkpoint(network: Network, root: Path) -> str:
     import torch
 
-    from training.checkpoint import Checkpoint, save_checkpoint
     from training.model import PRESETS
-    from training.scaler import StandardScaler
     from training.stformer import STFormer, STFormerConfig
 
     torch.manual_seed(0)
@@ -92,7 +90,14 @@ def _stformer_checkpoint(network: Network, root: Path) -> str:
         graph_bias=True,
         **PRESETS["small"],
     )  # type: ignore[arg-type]
-    model = STFormer(cfg).set_graph(network.edges)
+    return save_untrained(STFormer(cfg).set_graph(network.edges), network, root, "stformer")
+
+
+def save_untrained(model: Any, network: Network, root: Path, name: str) -> str:
+    """`model` (weights as built: timing does not depend on them) as a checkpoint of one speed feature."""
+    from training.checkpoint import Checkpoint, save_checkpoint
+    from training.scaler import StandardScaler
+
     ckpt = Checkpoint.from_model(
         "stformer",
         model,
@@ -101,9 +106,9 @@ def _stformer_checkpoint(network: Network, root: Path) -> str:
         targets=("speed",),
         window=12,
         horizon=12,
-        version=f"bench-stformer-{network.n_sensors}",
+        version=f"bench-{name}-{network.n_sensors}",
     )
-    return str(save_checkpoint(ckpt, root / f"stformer-{network.n_sensors}.pt"))
+    return str(save_checkpoint(ckpt, root / f"{name}-{network.n_sensors}.pt"))
 
 
 def _frames(network: Network, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
