@@ -106,13 +106,13 @@ class NetworkPipeline:
             "up_s": round(time.time() - self.started, 1),
         }
         running = self.running
-        if running is not None:
-            windower = running.ingestor.windower
+        if running is not None:  # what the pipeline thread published last: the Kafka client is its own
+            health = running.health
             out.update(
                 model_version=running.dispatcher.version,
                 steps_forecast=running.steps_forecast,
-                last_sealed=windower.sealed_through,
-                lag=sum(running.ingest.lag().values()),
+                last_sealed=health.get("last_sealed"),
+                lag=sum(health.get("lag", {}).values()),
                 metrics_port=running.metrics_port,
                 lease=running.lease.token,
             )

@@ -197,6 +197,9 @@ class RunningPipeline:
     metrics: ServeMetrics
     lease: Lease  # this pipeline's right to write the network's keys; renewed every cycle
     metrics_port: int | None = None  # where /metrics is served, when it is
+    health: dict[str, Any] = field(
+        default_factory=dict, init=False
+    )  # as last published (other threads read it)
     _next_health: float = field(default=0.0, init=False)
     _health_mark: tuple[float, int] = field(init=False, default_factory=lambda: (time.monotonic(), 0))
 
@@ -302,6 +305,7 @@ class RunningPipeline:
             "updated_ms": wall_ms(),
         }
         self.sink.write_health(health)
+        self.health = health
         return health
 
     def lag(self) -> dict[int, int]:
