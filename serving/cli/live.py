@@ -30,6 +30,11 @@ def _hhmm(ts_ms: int) -> str:
     return dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.timezone.utc).strftime("%m-%d %H:%M")
 
 
+def _order(event: dict[str, Any]) -> tuple[int, ...]:
+    """A stream entry id `<ms>-<seq>` as numbers, so that entries of one millisecond compare in order."""
+    return tuple(int(part) for part in event["id"].split("-"))
+
+
 class ModelStatus:
     """Which model serves, since when, why, and whether a challenger is training — from the events."""
 
@@ -42,7 +47,9 @@ class ModelStatus:
         self.started_wall_ms = started_wall_ms
         self.decision = next((e for e in reversed(events) if e["type"] in DECISIONS), None)
         started = next((e for e in reversed(events) if e["type"] == "retrain_started"), None)
-        done_after = self.decision is not None and started is not None and self.decision["id"] > started["id"]
+        done_after = (
+            self.decision is not None and started is not None and _order(self.decision) > _order(started)
+        )
         self.training = None if started is None or done_after else started
 
     def at(self, event: dict[str, Any]) -> str:
