@@ -45,8 +45,9 @@ def serve_deployment(path: Path, base: Settings, duration: float, every_s: float
 
     plans = load_deployment(path, base)
     with runtime(plans[0].settings) as started:
-        if started is not plans[0].settings:  # embedded servers: every network uses them
-            base = base.model_copy(update={"kafka": started.kafka, "redis": started.redis})
+        if started is not plans[0].settings:  # embedded servers: every network uses them (only their
+            base = base.model_copy(deep=True)  # addresses: topics, groups and prefixes stay per network)
+            base.kafka.bootstrap, base.redis.url = started.kafka.bootstrap, started.redis.url
             plans = load_deployment(path, base)
         with ray_session(plans[0].settings):
             for plan in plans:
