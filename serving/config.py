@@ -90,6 +90,13 @@ class RaySettings(BaseModel):
         "at load), torch (eager), auto (onnx when it loads, else torch with a warning)",
     )
     replicas: int = Field(default=1, ge=1, description="forecaster actors sharing the steps")
+    shards: int = Field(
+        default=1,
+        ge=1,
+        description="forecaster actors per replica that split the network's sensors: each forecasts "
+        "its share of a model with sensor blocks (preset blocks) at once; a model without blocks is "
+        "served whole by the first",
+    )
     pipeline_windows: int = Field(
         default=8,
         ge=1,

@@ -1,7 +1,9 @@
 """Hands windows to the forecaster actors and gets forecasts back, surviving actor failures.
 
 A micro-batch of windows `[B, window, N, F]` is split into contiguous chunks across the replicas (replicas
-by step: every actor sees the whole network, so no spatial context is cut). A chunk whose actor died is
+by step). A replica is one actor, or `shards` actors that split the network's sensors: each shard gets the
+whole chunk (put once in the object store), answers its own sensors' forecasts with their indices, and the
+answers are put together — every sensor exactly once, or the call fails loudly. A call whose actor died is
 re-sent after a backoff until a deadline; an answer made by another version than the one the dispatcher
 holds (a restarted actor comes back without a model) triggers a `load()` and a re-send.
 """
@@ -37,10 +39,10 @@ class ForecastUnavailable(RuntimeError):
 
 @dataclass
 class Call:
-    """A submitted forecast: one object ref per replica chunk `(lo, hi)` of the windows, and the inputs
-    (kept to re-send a chunk whose actor failed)."""
+    """A submitted forecast: per replica chunk `(lo, hi)` of the windows, one object ref per shard, and the
+    inputs (kept to re-send a chunk whose actor failed)."""
 
-    refs: list[Any]
+    refs: list[list[Any]]
     chunks: list[tuple[int, int]]
     values: np.ndarray
     mask: np.ndarray
@@ -54,12 +56,18 @@ class Dispatcher:
         shipment: Shipment,
         network: Network,
         *,
+        shards: int = 1,
         call_timeout_s: float = 60.0,
         retry_deadline_s: float = 120.0,
     ) -> None:
-        if not actors:
-            raise ValueError("the dispatcher needs at least one forecaster actor")
+        if not actors or len(actors) % shards:
+            raise ValueError(
+                f"the dispatcher needs replicas × {shards} shards forecaster actors, got {len(actors)}"
+            )
         self.actors = list(actors)
+        # replica r's shards: actors[r * shards : (r + 1) * shards], shard j made with shard=(j, shards)
+        self.groups = [self.actors[r : r + shards] for r in range(0, len(self.actors), shards)]
+        self.n_sensors = network.n_sensors
         self.shipment = shipment  # kept: a restarted actor is sent it again
         self.network = ray.put(network.to_dict())  # with every load(): a restarted actor needs it again
         self.call_timeout_s = call_timeout_s
@@ -84,20 +92,23 @@ class Dispatcher:
         return self.version
 
     def devices(self) -> list[str]:
-        """Per replica, where and how it computes: `cpu (onnx)`, `cpu (torch)`, `cuda:0 (torch)`."""
+        """Per actor, where and how it computes: `cpu (onnx)`, `cpu (torch)`, `cuda:0 (torch)`."""
         return [f"{i['device']} ({i['backend']})" for i in self.infos()]
 
     def infos(self) -> list[dict[str, Any]]:
-        """Per replica: version, device, backend, Ray node id, pid, model load time."""
+        """Per actor (replica by replica, shard by shard): version, device, backend, shard, sensors, Ray
+        node id, pid, model load time."""
         return list(ray.get([a.info.remote() for a in self.actors], timeout=self.retry_deadline_s))
 
     def placement(self) -> dict[str, Any]:
-        """The model kind and backend the replicas serve, where they run (Ray node ids) and how long each
-        took to load its model."""
+        """The model kind and backend the actors serve, how many shards split each replica's sensors and
+        how many each actor forecasts, where they run (Ray node ids) and how long each took to load."""
         infos = self.infos()
         return {
             "kind": infos[0]["kind"],
             "backend": infos[0]["backend"],
+            "shards": len(self.groups[0]),
+            "sensors": [i["sensors"] for i in infos],  # each actor forecasts
             "nodes": [i["node"] for i in infos],
             "load_ms": [round(i["load_ms"], 1) for i in infos],
         }
@@ -122,49 +133,88 @@ class Dispatcher:
         """Start a forecast of `values`, `mask` [B, window, N, F] and `step_ts` [B, window] (a chunk per
         replica) without waiting; `collect()` it later, in any order."""
         b = values.shape[0]
-        bounds = np.linspace(0, b, min(b, len(self.actors)) + 1).astype(int)
+        bounds = np.linspace(0, b, min(b, len(self.groups)) + 1).astype(int)
         chunks = [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(bounds) - 1)]
         refs = [self._submit(i, lo, hi, values, mask, step_ts) for i, (lo, hi) in enumerate(chunks)]
         return Call(refs, chunks, values, mask, step_ts)
 
     def collect(self, call: Call) -> np.ndarray:
         """The forecasts of a submitted call, [B, H, N, out]; a chunk whose actor failed is re-sent."""
-        parts = [
-            self._collect(i, ref, lo, hi, call.values, call.mask, call.step_ts)
-            for i, (ref, (lo, hi)) in enumerate(zip(call.refs, call.chunks, strict=True))
-        ]
+        parts = []
+        for i, (refs, (lo, hi)) in enumerate(zip(call.refs, call.chunks, strict=True)):
+            answers = [
+                self._collect(i, j, ref, lo, hi, call.values, call.mask, call.step_ts)
+                for j, ref in enumerate(refs)
+            ]
+            parts.append(self._merge(answers))
         return np.concatenate(parts, axis=0)
+
+    def _merge(self, answers: list[tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+        """One replica's shard answers as [b, H, N, out]: each shard's forecasts at its sensors."""
+        if len(answers) == 1 and answers[0][1] is None:
+            return answers[0][0]
+        parts = [(out, own) for out, own in answers if own is None or len(own)]
+        out0 = parts[0][0] if parts else None
+        if out0 is None:
+            raise RuntimeError(f"no shard of model {self.version} forecasts any sensor")
+        merged = np.full((*out0.shape[:2], self.n_sensors, out0.shape[3]), np.nan, np.float32)
+        seen = np.zeros(self.n_sensors, np.int64)
+        for out, own in parts:
+            own = np.arange(self.n_sensors) if own is None else own
+            merged[:, :, own] = out
+            seen[own] += 1
+        if not (seen == 1).all():  # a bug, never a silent gap or overlap
+            raise RuntimeError(
+                f"the shards of model {self.version} forecast {int((seen > 0).sum())} of {self.n_sensors} "
+                f"sensors, {int((seen > 1).sum())} of them twice"
+            )
+        return merged
 
     def _submit(
         self, i: int, lo: int, hi: int, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
-    ) -> Any:
-        return self.actors[i].forecast.remote(values[lo:hi], mask[lo:hi], step_ts[lo:hi])
+    ) -> list[Any]:
+        """Replica `i`'s calls, one per shard; the windows are put once for all of them."""
+        args: tuple[Any, ...] = (values[lo:hi], mask[lo:hi], step_ts[lo:hi])
+        if len(self.groups[i]) > 1:
+            args = tuple(ray.put(a) for a in args)
+        return [actor.forecast.remote(*args) for actor in self.groups[i]]
 
     def _collect(
-        self, i: int, ref: Any, lo: int, hi: int, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
-    ) -> np.ndarray:
+        self,
+        i: int,
+        j: int,
+        ref: Any,
+        lo: int,
+        hi: int,
+        values: np.ndarray,
+        mask: np.ndarray,
+        step_ts: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Replica `i` shard `j`'s answer: its forecasts and the sensors they are of (None: all)."""
+        actor = self.groups[i][j]
         deadline = time.monotonic() + self.retry_deadline_s
         delay = 0.2
         while True:
             try:
-                out, version, infer_ms = ray.get(ref, timeout=self.call_timeout_s)
+                out, version, infer_ms, own = ray.get(ref, timeout=self.call_timeout_s)
                 if version == self.version:
-                    self.last_infer_ms = infer_ms
-                    return np.asarray(out)
+                    self.last_infer_ms = max(self.last_infer_ms, infer_ms) if j else infer_ms
+                    return np.asarray(out), own
                 log.warning(
                     "actor answered with another version; reloading",
                     extra={"got": version, "want": self.version},
                 )
-                ray.get(self._load(self.actors[i], self.shipment), timeout=self.retry_deadline_s)
+                ray.get(self._load(actor, self.shipment), timeout=self.retry_deadline_s)
             except _ACTOR_ERRORS as exc:
                 if time.monotonic() + delay > deadline:
                     raise ForecastUnavailable(
-                        f"forecaster actor {i} unavailable for {self.retry_deadline_s:.0f} s: {exc}"
+                        f"forecaster actor {i}.{j} unavailable for {self.retry_deadline_s:.0f} s: {exc}"
                     ) from exc
                 log.warning(
-                    "forecaster actor failed; re-sending", extra={"actor": i, "error": type(exc).__name__}
+                    "forecaster actor failed; re-sending",
+                    extra={"actor": i, "shard": j, "error": type(exc).__name__},
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
             self.retries += 1
-            ref = self._submit(i, lo, hi, values, mask, step_ts)
+            ref = actor.forecast.remote(values[lo:hi], mask[lo:hi], step_ts[lo:hi])

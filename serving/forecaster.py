@@ -6,8 +6,12 @@ model runs in ONNX Runtime or eager torch by `ray.cpu_backend` (see `training.pr
 crashed actor (`max_restarts`) from its small constructor arguments (no model) and retries the call
 (`max_task_retries`); the dispatcher checks the version each answer carries and re-sends `load()` when a
 restarted actor answers without the model, so a step's forecast is never silently lost or made by the
-wrong model. `load()` swaps the model
-between calls (hot swap): calls are processed one at a time, so a batch is forecast by exactly one version.
+wrong model. `load()` swaps the model between calls (hot swap): calls are processed one at a time, so a
+batch is forecast by exactly one version.
+
+An actor may host one shard of a network's sensors (`ray.shards`): a model with sensor blocks is cut by
+`Predictor.shard`, the actor reads the whole window and answers the forecasts of its own sensors with their
+indices; the dispatcher puts the shards' answers together.
 
 A checkpoint never reaches an actor as a path on the driver's disk (the actor may run on another node):
 an object-store URI (`s3://…`) travels as the URI and the actor reads it; a checkpoint on the driver's
@@ -76,20 +80,27 @@ def build_predictor(
     *,
     blob: bytes | None = None,
     storage: StorageSettings | None = None,
-) -> Any:
-    """The predictor of `spec`: from `blob` when the bytes came along, else read from `spec.ref`."""
+    shard: tuple[int, int] = (0, 1),
+) -> tuple[Any, Any]:
+    """The predictor of `spec` and the part of it this `shard` = (index, count) serves: from `blob` when
+    the bytes came along, else read from `spec.ref`. One shard: the same predictor twice; more: the whole
+    model is built for eager torch and the shard's part (`Predictor.shard`; None: nothing to forecast)
+    on the CPU engine."""
     from training.predictor import Predictor, default_device  # imported inside the actor process
 
-    if spec.is_baseline:
-        return Predictor.baseline(spec.ref.split(":", 1)[1], network, window=window, horizon=horizon)
     backend = cpu_backend if default_device() == "cpu" else "torch"  # the CPU engine; a GPU runs torch
-    return Predictor.from_checkpoint(
-        blob if blob is not None else spec.ref,
-        network=network,
-        backend=backend,  # type: ignore[arg-type]
-        storage=storage,
-        expected_sha256=spec.sha256,
-    )
+    if spec.is_baseline:
+        whole = Predictor.baseline(spec.ref.split(":", 1)[1], network, window=window, horizon=horizon)
+    else:
+        whole = Predictor.from_checkpoint(
+            blob if blob is not None else spec.ref,
+            network=network,
+            backend="torch" if shard[1] > 1 else backend,  # type: ignore[arg-type]
+            storage=storage,
+            expected_sha256=spec.sha256,
+        )
+    part = whole.shard(*shard, backend=backend) if shard[1] > 1 else whole  # type: ignore[arg-type]
+    return whole, part
 
 
 class Forecaster:
@@ -107,6 +118,7 @@ class Forecaster:
         torch_threads: int = 1,
         cpu_backend: str = "torch",
         storage: StorageSettings | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         import torch
 
@@ -116,7 +128,10 @@ class Forecaster:
         self.horizon = horizon
         self.cpu_backend = cpu_backend
         self.storage = storage
-        self.predictor: Any = None
+        self.shard = (int(shard[0]), int(shard[1]))  # (index, count): which of the network's sensors
+        self.predictor: Any = None  # None in a loaded shard with nothing to forecast (see `version`)
+        self.version = ""  # of the loaded model; "" until the first load()
+        self.kind, self.targets, self.out_features = "", (), ()  # of the loaded model
         self.failed: BaseException | None = None  # why the first model did not load
         self.spec = ""
         self.calls = 0
@@ -137,7 +152,7 @@ class Forecaster:
                 self.network = Network.from_dict(network)
             if self.network is None:
                 raise RuntimeError("the first load() must bring the network")
-            predictor = build_predictor(
+            whole, predictor = build_predictor(
                 ModelSpec(ref, sha256),
                 self.network,
                 self.window,
@@ -145,49 +160,55 @@ class Forecaster:
                 self.cpu_backend,
                 blob=blob,
                 storage=self.storage,
+                shard=self.shard,
             )
         except Exception as exc:
-            if self.predictor is None:
+            if not self.version:
                 self.failed = exc
             raise
-        self.predictor, self.spec, self.failed = predictor, ref, None
+        self.predictor, self.version, self.spec, self.failed = predictor, str(whole.version), ref, None
+        self.kind, self.targets, self.out_features = whole.kind, whole.targets, whole.out_features
         self.load_ms = (time.perf_counter() - t0) * 1000
-        return str(predictor.version)
+        return self.version
 
-    def _model(self) -> Any:
-        if self.predictor is None:
+    def info(self) -> dict[str, Any]:
+        if not self.version:
             raise RuntimeError(
                 f"no model loaded: {self.failed}" if self.failed else "no model loaded yet: call load() first"
             )
-        return self.predictor
-
-    def info(self) -> dict[str, Any]:
-        p = self._model()
+        p = self.predictor
+        own = None if p is None else p.own_sensors
         return {
-            "version": p.version,
-            "kind": p.kind,
-            "device": str(p.device),
-            "backend": p.backend,
+            "version": self.version,
+            "kind": self.kind,
+            "device": str(p.device) if p is not None else "",
+            "backend": p.backend if p is not None else "idle",
+            "shard": list(self.shard),
+            # sensors this actor forecasts, and the ones its model reads (own + halo)
+            "sensors": 0 if p is None else len(own) if own is not None else p.network.n_sensors,
+            "reads": 0 if p is None else p.network.n_sensors,
             "pid": os.getpid(),
             "calls": self.calls,
             "spec": self.spec,
             "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
             "load_ms": self.load_ms,
-            "targets": list(p.targets),
-            "out_features": list(p.out_features),
+            "targets": list(self.targets),
+            "out_features": list(self.out_features),
         }
 
     def forecast(
         self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
-    ) -> tuple[np.ndarray, str, float]:
-        """values, mask: [B, window, N, F]; step_ts: [B, window]. Returns ([B, H, N, out], version, ms); a
-        restarted actor without a model answers version "" and no forecasts (the dispatcher reloads it)."""
+    ) -> tuple[np.ndarray, str, float, np.ndarray | None]:
+        """values, mask: [B, window, N, F]; step_ts: [B, window]. Returns ([B, H, n, out], version, ms,
+        sensors): the forecasts of the n sensors this actor forecasts, at `sensors` (indices into the
+        network; None: all N of them, in order). A restarted actor without a model answers version "" and
+        no forecasts (the dispatcher reloads it); a shard with nothing to forecast answers none."""
         if self.predictor is None:
-            return np.empty(0, np.float32), "", 0.0
+            return np.empty(0, np.float32), self.version, 0.0, np.empty(0, np.int64)
         t0 = time.perf_counter()
-        out = self.predictor.predict(values, mask, step_ts)  # [B, H, N, out]
+        out = self.predictor.predict(values, mask, step_ts)  # [B, H, n, out]
         self.calls += 1
-        return out, str(self.predictor.version), (time.perf_counter() - t0) * 1000
+        return out, self.version, (time.perf_counter() - t0) * 1000, self.predictor.own_sensors
 
 
 def make_actor(
@@ -195,9 +216,11 @@ def make_actor(
     window: int,
     horizon: int,
     storage: StorageSettings,
+    shard: tuple[int, int] = (0, 1),
 ) -> Any:
-    """Start one forecaster actor, without a model yet, with fractional resources and a deliberate
-    restart/retry policy; `Dispatcher.start()` (or the caller) sends it its model with `load()`."""
+    """Start one forecaster actor (of `shard` = (index, count) of the network's sensors), without a model
+    yet, with fractional resources and a deliberate restart/retry policy; `Dispatcher.start()` (or the
+    caller) sends it its model with `load()`."""
     actor_cls = ray.remote(Forecaster).options(
         num_cpus=settings.actor_num_cpus,
         num_gpus=settings.actor_num_gpus,
@@ -205,4 +228,15 @@ def make_actor(
         max_restarts=settings.actor_max_restarts,
         max_task_retries=settings.actor_max_task_retries,
     )
-    return actor_cls.remote(window, horizon, settings.actor_torch_threads, settings.cpu_backend, storage)
+    return actor_cls.remote(
+        window, horizon, settings.actor_torch_threads, settings.cpu_backend, storage, shard
+    )
+
+
+def make_actors(settings: RaySettings, window: int, horizon: int, storage: StorageSettings) -> list[Any]:
+    """The forecaster actors of one network: `replicas` × `shards`, replica by replica (`Dispatcher`)."""
+    return [
+        make_actor(settings, window, horizon, storage, (j, settings.shards))
+        for _ in range(settings.replicas)
+        for j in range(settings.shards)
+    ]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from serving.config import Settings
 from serving.dispatch import Dispatcher
-from serving.forecaster import ModelSpec, make_actor, ship
+from serving.forecaster import ModelSpec, make_actors, ship
 from serving.forecasting import StepForecasts
 from serving.keys import Keys
 from serving.lease import Lease
@@ -63,7 +63,9 @@ class ServePipeline:
         self.spec = spec
         self.now = now
         self.client_id = client_id
-        self.actors = actors  # forecaster actors to use instead of starting `ray.replicas` new ones
+        self.actors = (
+            actors  # forecaster actors to use instead of starting `ray.replicas` × `ray.shards` new ones
+        )
 
     def start(self, *, serve_metrics: bool = False) -> RunningPipeline:
         """Connect Redis, resolve the model, start the actors and ingest, recover from the archive and
@@ -83,11 +85,11 @@ class ServePipeline:
         s, network = self.settings, self.network
         window, horizon = s.window.window, s.window.horizon
         # the actors start without a model: their processes come up while the model is resolved here
-        actors = self.actors or [make_actor(s.ray, window, horizon, s.storage) for _ in range(s.ray.replicas)]
+        actors = self.actors or make_actors(s.ray, window, horizon, s.storage)
         archive = Archive(s.archive.root, network, s.storage)
         check(archive.root, "archive.root")
         spec, registry = serving_model(s, self.spec, network)
-        dispatcher = Dispatcher(actors, ship(spec, s.storage), network)
+        dispatcher = Dispatcher(actors, ship(spec, s.storage), network, shards=s.ray.shards)
         metrics = ServeMetrics()
         metrics.set_version(dispatcher.start())
         sink = RedisSink(

@@ -210,7 +210,7 @@ class Retrainer:
     def _run(self, config: dict[str, Any], meta: dict[str, Any], champion_spec: ModelSpec) -> Decision:
         summary = self._train(config)
         # the champion as a local predictor, built here in the job's thread: the serving loop never waits
-        champion = build_predictor(
+        champion, _ = build_predictor(
             champion_spec, self.network, self.window, self.horizon, storage=self.storage
         )
         return self._decide(summary, champion, meta)

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,23 @@ class Network:
     def step_of(self, ts_ms: int) -> int:
         """Start (epoch ms) of the grid step that contains `ts_ms`."""
         return ts_ms - ts_ms % self.step_ms
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> Network:
+        """The network of the sensors at `indices` (in that order), with their coordinates and the edges
+        between them, re-indexed; named `name` (default: this network's)."""
+        idx = [int(i) for i in indices]
+        pos = {s: k for k, s in enumerate(idx)}
+        if len(pos) != len(idx) or not all(0 <= i < self.n_sensors for i in idx):
+            raise NetworkError(
+                f"a subset of {self.name!r} needs distinct sensor indices in 0..{self.n_sensors - 1}"
+            )
+        return replace(
+            self,
+            name=name or self.name,
+            sensors=tuple(self.sensors[i] for i in idx),
+            coords=None if self.coords is None else tuple(self.coords[i] for i in idx),
+            edges=tuple((pos[a], pos[b], w) for a, b, w in self.edges if a in pos and b in pos),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -69,7 +69,7 @@ for name, (ref, sha) in specs.items():
     try:
         ray.get(actor.load.remote(*shipment.args(), net.to_dict()), timeout=120)
         info = ray.get(actor.info.remote(), timeout=120)
-        y, version, _ = ray.get(actor.forecast.remote(x["values"], x["mask"], x["step_ts"]), timeout=120)
+        y, version, _, _ = ray.get(actor.forecast.remote(x["values"], x["mask"], x["step_ts"]), timeout=120)
         out[name] = {"node": info["node"], "version": version, "load_ms": info["load_ms"],
                      "as_bytes": shipment.blob is not None, "forecast": y.tolist()}
     except Exception as exc:

@@ -79,7 +79,11 @@ class Predictor:
         self.network_fingerprint = network.fingerprint()
         self.out_features = tuple(network.feature_names[i] for i in self.targets)
         self.backend = "torch"
+        self.requested_backend: Backend = backend
         self._onnx: OnnxModel | None = None
+        # a shard's: the full network's sensor count, the sensors its model reads, the positions among
+        # them of the ones it forecasts (`shard`); None: the whole network
+        self.part: tuple[int, np.ndarray, np.ndarray] | None = None
         learned = not isinstance(model, (Persistence, HistoricalAverage))
         if backend == "onnx" and (self.device.type != "cpu" or not learned):
             raise PredictorError(
@@ -202,8 +206,51 @@ class Predictor:
             backend=backend,
         )
 
+    def shard(self, index: int, count: int, backend: Backend | None = None) -> Predictor | None:
+        """The predictor of shard `index` of `count` of the network's sensors (`STFormer.shard`), on
+        `backend` (default: this one's): it reads the whole network's windows and forecasts its own sensors
+        only, `[B, H, len(own_sensors), out]`. A model that cannot be split (no sensor blocks, or fewer
+        blocks than shards) is served whole by shard 0; the other shards then have nothing to forecast
+        (None), and a warning says so."""
+        backend = backend or self.requested_backend
+        if not 0 <= index < count:
+            raise PredictorError(f"shard {index} of {count} does not exist")
+        config = getattr(self.model, "config", None)
+        blocks = getattr(config, "n_blocks", 1) if getattr(config, "block_size", 0) else 0
+        if count == 1 or blocks < count:
+            if count > 1 and index == 0:
+                log.warning(
+                    "model cannot be split by sensors: shard 0 serves the whole network",
+                    extra={"model_version": self.version, "shards": count, "blocks": blocks},
+                )
+            return self._like(self.model, self.network, backend) if index == 0 else None
+        model, sensors, own = self.model.shard(index, count)  # type: ignore[operator]
+        sub = self.network.subset(sensors, name=f"{self.network.name}#{index}/{count}")
+        out = self._like(model, sub, backend)
+        out.part = (self.network.n_sensors, sensors, own)
+        return out
+
+    def _like(self, model: nn.Module, network: Network, backend: Backend) -> Predictor:
+        return Predictor(
+            model,
+            network=network,
+            scaler=self.scaler,
+            targets=self.targets,
+            window=self.window,
+            horizon=self.horizon,
+            version=self.version,
+            device=str(self.device),
+            backend=backend,
+        )
+
+    @property
+    def own_sensors(self) -> np.ndarray | None:
+        """The sensors (indices into the whole network) this predictor forecasts; None: all of them."""
+        return None if self.part is None else self.part[1][self.part[2]]
+
     def _check(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> None:
-        expected = (self.window, self.network.n_sensors, self.network.n_features)
+        n = self.network.n_sensors if self.part is None else self.part[0]
+        expected = (self.window, n, self.network.n_features)
         if values.ndim != 4 or values.shape[1:] != expected:
             dims = ", ".join(map(str, expected))
             raise PredictorError(f"values have shape {values.shape}, expected [B, {dims}]")
@@ -220,6 +267,8 @@ class Predictor:
         mask = np.asarray(mask)
         step_ts = np.asarray(step_ts, dtype=np.int64)
         self._check(values, mask, step_ts)
+        if self.part is not None:  # a shard reads its sensors only
+            values, mask = values[:, :, self.part[1]], mask[:, :, self.part[1]]
         finite = np.isfinite(values)  # [B, T, N, F]
         x = np.where(finite, self.scaler.transform(values), 0.0).astype(np.float32)  # [B, T, N, F]
         m = ((mask > 0) & finite).astype(np.float32)  # [B, T, N, F]
@@ -238,7 +287,8 @@ class Predictor:
     def predict(self, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray) -> np.ndarray:
         """values, mask: [B, window, N, F] in original units (values last-observation filled; NaN where never
         observed); step_ts: [B, window] int64 epoch ms UTC of each input step.
-        Returns [B, horizon, N, out] float32 in original units."""
+        Returns [B, horizon, N, out] float32 in original units ([B, horizon, len(own_sensors), out] for a
+        shard)."""
         if self._onnx is not None:
             finite, (xa, tfa, ma) = self._arrays(values, mask, step_ts)
             b, n = xa.shape[0], xa.shape[2]
@@ -268,6 +318,8 @@ class Predictor:
         out = self.scaler.inverse(y, self.targets)  # [B, H, N, out]
         never = ~finite[..., list(self.targets)].any(axis=1)  # [B, N, out]
         out[np.broadcast_to(never[:, None], out.shape)] = np.nan
+        if self.part is not None:
+            out = out[:, :, self.part[2]]  # a shard's own sensors
         return out.astype(np.float32)
 
     @torch.inference_mode()

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -186,6 +187,51 @@ class STFormer(AttentionModel):
         self.block_members.copy_(torch.from_numpy(blocks.members))
         self.block_home.copy_(torch.from_numpy(blocks.home))
         return self
+
+    @torch.no_grad()
+    def shard(self, index: int, count: int) -> tuple[STFormer, np.ndarray, np.ndarray]:
+        """Shard `index` of `count` of a model with blocks, for serving a network across actors: the blocks
+        are split into `count` runs of consecutive blocks, and shard `index` forecasts the home sensors of
+        its run. Returns `(model, sensors, own)`: a model with blocks over just the sensors those forecasts
+        need (`sensors [U]`, global indices; its input is the network's windows at them), and the positions
+        in `sensors` of the shard's own home sensors, whose forecasts equal the whole model's.
+
+        With L spatial layers a home sensor's forecast needs, at the layer below, the blocks its block's
+        members call home: the run is widened L - 1 times by those (computed, then discarded)."""
+        c = self.config
+        if not c.block_size or c.n_blocks < count or not 0 <= index < count:
+            raise ValueError(
+                f"cannot cut shard {index} of {count} from a model with {c.n_blocks if c.block_size else 0} "
+                "sensor blocks: sharding needs a model with at least one block per shard (preset blocks)"
+            )
+        members, size = self.block_members, self.block_members.shape[1]
+        home_block = self.block_home // size  # [N] each sensor's home block
+        own_blocks = torch.tensor_split(torch.arange(c.n_blocks), count)[index]
+        blocks = own_blocks
+        for _ in range(c.spatial_layers - 1):
+            blocks = torch.unique(torch.cat([blocks, home_block[members[blocks].reshape(-1)]]))
+        sensors = torch.unique(members[blocks].reshape(-1))  # [U] sorted
+        local = torch.full((c.n_nodes,), -1, dtype=torch.long)
+        local[sensors] = torch.arange(len(sensors))
+        sub_members = local[members[blocks]]  # [P', S]
+        slot = {int(b): k for k, b in enumerate(blocks)}
+        sub_home = torch.empty(len(sensors), dtype=torch.long)
+        for u, g in enumerate(sensors.tolist()):  # the home slot where the block is here, else any slot
+            b = slot.get(int(home_block[g]))
+            if b is not None:
+                sub_home[u] = b * size + int(self.block_home[g]) % size
+            else:
+                b, s = (sub_members == u).nonzero()[0].tolist()
+                sub_home[u] = b * size + s
+        model = STFormer(replace(c, n_nodes=len(sensors), n_blocks=len(blocks)))
+        state = dict(self.state_dict())
+        state["adaptive_embedding"] = self.adaptive_embedding[:, sensors]
+        state["block_members"], state["block_home"] = sub_members, sub_home
+        if c.graph_bias:
+            state["adjacency"] = self.adjacency[blocks]
+        model.load_state_dict(state)
+        own = torch.isin(home_block[sensors], own_blocks).nonzero().reshape(-1)
+        return model.eval(), sensors.numpy(), own.numpy()
 
     @torch.no_grad()
     def set_graph(self, edges: Sequence[tuple[int, int, float]]) -> STFormer:
