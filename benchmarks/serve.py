@@ -45,6 +45,7 @@ def _settings(
     root: Path,
     *,
     replicas: int = 1,
+    shards: int = 1,
     threads: int = 1,
     backend: str = "auto",
     actor_resources: dict[str, float] | None = None,
@@ -66,6 +67,7 @@ def _settings(
             "ray": {
                 "actor_num_cpus": 0.5,
                 "replicas": replicas,
+                "shards": shards,
                 "actor_torch_threads": threads,
                 "cpu_backend": backend,
                 "actor_resources": actor_resources or {},
@@ -156,6 +158,7 @@ def run_case(
     live_steps: int,
     rate: float,
     replicas: int = 1,
+    shards: int = 1,
     threads: int = 1,
     backend: str = "auto",
     actor_resources: dict[str, float] | None = None,
@@ -167,7 +170,13 @@ def run_case(
     if spec is None:
         spec = "baseline:persistence" if model == "persistence" else _stformer_checkpoint(network, root)
     s = _settings(
-        rt, root, replicas=replicas, threads=threads, backend=backend, actor_resources=actor_resources
+        rt,
+        root,
+        replicas=replicas,
+        shards=shards,
+        threads=threads,
+        backend=backend,
+        actor_resources=actor_resources,
     )
     ensure_topics(s.kafka, {s.kafka.readings_topic: 2, s.kafka.dead_letter_topic: 1})
     frames = _frames(network, replay_steps + live_steps + 1)
@@ -176,6 +185,7 @@ def run_case(
         "sensors": n,
         "model": model,
         "replicas": replicas,
+        "shards": shards,
         "torch_threads": threads,
         "cpu_backend": backend,
     }

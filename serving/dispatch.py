@@ -33,6 +33,11 @@ except ImportError:  # pragma: no cover
     _ACTOR_ERRORS = (RayActorError, GetTimeoutError)
 
 
+# Ray sends call arguments up to 100 KiB inline with the call (`max_direct_call_object_size`), faster than
+# an object-store round trip; larger windows are put once and shared by a replica's shards.
+INLINE_BYTES = 100 * 1024
+
+
 class ForecastUnavailable(RuntimeError):
     """No forecaster actor answered before the deadline."""
 
@@ -173,10 +178,11 @@ class Dispatcher:
     def _submit(
         self, i: int, lo: int, hi: int, values: np.ndarray, mask: np.ndarray, step_ts: np.ndarray
     ) -> list[Any]:
-        """Replica `i`'s calls, one per shard; the windows are put once for all of them."""
+        """Replica `i`'s calls, one per shard; windows too large to travel inline with a call are put in
+        the object store once for all of them."""
         args: tuple[Any, ...] = (values[lo:hi], mask[lo:hi], step_ts[lo:hi])
         if len(self.groups[i]) > 1:
-            args = tuple(ray.put(a) for a in args)
+            args = tuple(ray.put(a) if a.nbytes > INLINE_BYTES else a for a in args)
         return [actor.forecast.remote(*args) for actor in self.groups[i]]
 
     def _collect(

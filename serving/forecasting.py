@@ -159,7 +159,7 @@ class StepForecasts:
         mask = np.stack(pending.mask)  # [B, window, N, F]
         ts = np.stack(pending.ts)  # [B, window]
         b = len(pending.step_ts)
-        size = self.pipeline_windows * len(self.dispatcher.actors)
+        size = self.pipeline_windows * len(self.dispatcher.groups)  # windows per replica
         calls: deque[tuple[int, Call]] = deque()
         for lo in range(0, b, size):
             hi = min(b, lo + size)

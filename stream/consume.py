@@ -160,6 +160,8 @@ class IngestService:
         if durable and self._held:
             self.consumer.commit(self._held)
             self._held = {}
+        if durable:  # housekeeping after the cycle's forecasts, never while they are computed
+            self._compact()
 
     def _archive_pending(self) -> bool:
         """Write what waits for the archive; False while it cannot be written (next try after a backoff)."""
@@ -186,7 +188,6 @@ class IngestService:
         if self._failing_since is not None:
             log.info("archive writable again", extra={"outage_s": round(now - self._failing_since, 1)})
         self._failing_since, self._streak = None, 0
-        self._compact()
         return True
 
     def _compact(self) -> None:

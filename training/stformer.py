@@ -191,8 +191,8 @@ class STFormer(AttentionModel):
     @torch.no_grad()
     def shard(self, index: int, count: int) -> tuple[STFormer, np.ndarray, np.ndarray]:
         """Shard `index` of `count` of a model with blocks, for serving a network across actors: the blocks
-        are split into `count` runs of consecutive blocks, and shard `index` forecasts the home sensors of
-        its run. Returns `(model, sensors, own)`: a model with blocks over just the sensors those forecasts
+        are split into `count` runs of consecutive blocks, each reading about as many sensors (its blocks'
+        home sensors and halos), and shard `index` forecasts the home sensors of its run. Returns `(model, sensors, own)`: a model with blocks over just the sensors those forecasts
         need (`sensors [U]`, global indices; its input is the network's windows at them), and the positions
         in `sensors` of the shard's own home sensors, whose forecasts equal the whole model's.
 
@@ -206,7 +206,8 @@ class STFormer(AttentionModel):
             )
         members, size = self.block_members, self.block_members.shape[1]
         home_block = self.block_home // size  # [N] each sensor's home block
-        own_blocks = torch.tensor_split(torch.arange(c.n_blocks), count)[index]
+        bounds = _balanced_runs(members, count)
+        own_blocks = torch.arange(bounds[index], bounds[index + 1])
         blocks = own_blocks
         for _ in range(c.spatial_layers - 1):
             blocks = torch.unique(torch.cat([blocks, home_block[members[blocks].reshape(-1)]]))
@@ -258,3 +259,30 @@ class STFormer(AttentionModel):
         a.diagonal(dim1=1, dim2=2).fill_(1.0)
         self.adjacency.copy_(a)
         return self
+
+
+def _balanced_runs(members: torch.Tensor, count: int) -> list[int]:
+    """Boundaries `[0, b1, ..., P]` of `count` runs of consecutive blocks (rows of `members [P, S]`) that
+    minimise the most sensors any run reads (the union of its blocks' members): a shard's cost."""
+    p, n = members.shape[0], int(members.max()) + 1
+    reads = np.zeros((p + 1, p + 1), np.int64)  # reads[i, j]: sensors of blocks i..j-1
+    rows = members.numpy()
+    for i in range(p):
+        seen = np.zeros(n, bool)
+        for j in range(i, p):
+            seen[rows[j]] = True
+            reads[i, j + 1] = seen.sum()
+    # best[k, j]: the least possible largest run over blocks 0..j-1 cut into k runs; cut: where the last starts
+    best = np.full((count + 1, p + 1), np.iinfo(np.int64).max)
+    cut = np.zeros((count + 1, p + 1), np.int64)
+    best[0, 0] = 0
+    for k in range(1, count + 1):
+        for j in range(k, p + 1):
+            for i in range(k - 1, j):
+                worst = max(best[k - 1, i], reads[i, j])
+                if worst < best[k, j]:
+                    best[k, j], cut[k, j] = worst, i
+    bounds = [p]
+    for k in range(count, 0, -1):
+        bounds.append(int(cut[k, bounds[-1]]))
+    return bounds[::-1]
