@@ -10,7 +10,7 @@ Runs each part in turn and merges its figures under its key (each part can also 
   sensors, training samples/s at 675 sensors, accuracy on Los-loop and pems08-head at one CPU budget, and a
   675-sensor street grid vs persistence at every horizon;
 * **serving** (`scale_serve.py`): seal→Redis latency and replay rate at 1,000 and 8,600 sensors through
-  the real pipeline (Kafka, a Ray actor, ONNX Runtime, Redis);
+  the real pipeline (Kafka, Ray actors — one, or two sensor shards —, ONNX Runtime, Redis);
 * **networks** (`scale_networks.py`): three 207-sensor networks served at once by pipeline actors, each
   one's p99 against one network alone in the same run.
 """

@@ -129,6 +129,7 @@ def live(
 ) -> np.ndarray:
     """Publish one step every 1/rate s from `first`; seal→Redis latency (ms) of each forecast step."""
     pipe.latencies_s.clear()
+    pipe.inference_ms.clear()
     stop = threading.Event()
 
     def publish() -> None:
@@ -207,11 +208,17 @@ def run_case(
             first = 0
             out["replay_steps_per_s"] = (pipe.steps_forecast - first) / elapsed
             lat = live(pipe, producer, frames, replay_steps, live_steps, rate, network.step_ms)
+            infer = np.array(pipe.inference_ms)
         out.update(
             live_rate_steps_per_s=rate,
             live_steps=len(lat),
             p50_ms=float(np.percentile(lat, 50)) if len(lat) else None,
+            p90_ms=float(np.percentile(lat, 90)) if len(lat) else None,
             p99_ms=float(np.percentile(lat, 99)) if len(lat) else None,
+            max_ms=float(lat.max()) if len(lat) else None,
+            # the actors' compute alone, per live call: how much of the tail is the CPU's, not the path's
+            inference_p50_ms=float(np.percentile(infer, 50)) if len(infer) else None,
+            inference_p99_ms=float(np.percentile(infer, 99)) if len(infer) else None,
             inference_ms_last=pipe.dispatcher.last_infer_ms,
             device=pipe.dispatcher.devices()[0],
             node=pipe.dispatcher.infos()[0]["node"],

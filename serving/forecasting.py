@@ -98,6 +98,7 @@ class StepForecasts:
         self.horizon_ms = online.horizon * network.step_ms
         self.steps_forecast = 0
         self.latencies_s: deque[float] = deque(maxlen=10_000)  # seal→Redis per step, for benchmarks
+        self.inference_ms: deque[float] = deque(maxlen=10_000)  # per actor call (slowest shard), likewise
         self._retries = 0  # dispatcher re-sends already reported
 
     def on_sealed(self, sealed: list[SealedStep]) -> None:
@@ -175,6 +176,7 @@ class StepForecasts:
         they let `scoring` score."""
         out = self.dispatcher.collect(call)  # [b, H, N, out]
         self.metrics.inference_seconds.observe(self.dispatcher.last_infer_ms / 1000)
+        self.inference_ms.append(self.dispatcher.last_infer_ms)
         version = self.dispatcher.version
         if self.dispatcher.retries > self._retries:  # an actor failed and was replaced (maybe elsewhere)
             self.metrics.actor_retries.inc(self.dispatcher.retries - self._retries)

@@ -218,6 +218,12 @@ class RunningPipeline:
         """Seal→Redis latency of the latest steps (s), for benchmarks."""
         return self.forecasts.latencies_s
 
+    @property
+    def inference_ms(self) -> deque[float]:
+        """The forecaster actors' compute time of the latest calls (ms; the slowest shard's), for
+        benchmarks."""
+        return self.forecasts.inference_ms
+
     def __enter__(self) -> RunningPipeline:
         return self
 
