@@ -68,8 +68,10 @@ def test_blocks_that_each_hold_every_sensor_equal_dense_attention() -> None:
     x, tf, mask = _inputs(3, n)
     torch.testing.assert_close(blocked(x, tf, mask), dense(x, tf, mask), rtol=1e-5, atol=1e-5)
     got, want = blocked.attention_maps(x, tf, mask), dense.attention_maps(x, tf, mask)
-    torch.testing.assert_close(got["spatial"], want["spatial"], rtol=1e-5, atol=1e-6)
-    assert got["spatial"].shape == (3, T, 2, n, n)
+    assert got["spatial"].shape == (3, T, 2, n, n)  # rows over the home block: here all n sensors
+    cols = got["spatial_columns"]  # [n, n]: each row's sensors, in its home block's order
+    dense_rows = want["spatial"].gather(-1, cols.expand(3, T, 2, n, n))
+    torch.testing.assert_close(got["spatial"], dense_rows, rtol=1e-5, atol=1e-6)
 
 
 def test_one_block_forward_equals_the_network_forward_for_its_home_sensors() -> None:
@@ -206,6 +208,41 @@ def test_los_loop_blocks_from_its_coordinates_and_edges(datasets_dir: Path) -> N
     assert ds.network.coords is not None and ds.network.coords[0] == pytest.approx((-118.31829, 34.15497))
     blocks = partition(ds.network, 128)
     assert blocks.count == 3 and sorted(blocks.members[blocks.home_slots()].tolist()) == list(range(207))
+
+
+def test_attention_maps_of_a_large_blocks_model_stay_per_block(tmp_path: Path) -> None:
+    """Explaining a 3,000-sensor blocks model: each sensor's spatial row covers its home block only (dense
+    maps would be 12 x 2 x 3,000² floats, 0.9 GB; at 8,600 sensors 7 GB), its neighbours come from that
+    block, and the attention plot is drawn from it."""
+    from serving.cli.plots import plot_attention
+    from training.explain import dense_row, spatial_rows, top_neighbours
+
+    network = road_network(3000, step_ms=300_000)
+    blocks = partition(network, 128)
+    torch.manual_seed(0)
+    config = STFormerConfig(
+        n_nodes=3000, window=T, horizon=H, block_size=128, n_blocks=blocks.count, spatial_layers=1, **TINY
+    )  # type: ignore[arg-type]
+    model = STFormer(config).set_blocks(blocks).eval()
+    x, tf, _ = _inputs(1, 3000)
+    maps = model.attention_maps(x[..., :1], tf, torch.ones_like(x[..., :1]))
+    assert maps["spatial"].shape == (1, T, 2, 3000, 128) and maps["spatial_columns"].shape == (3000, 128)
+    rows, cols = spatial_rows({k: v.numpy() for k, v in maps.items()})  # type: ignore[misc]
+    np.testing.assert_allclose(rows.sum(axis=1), 1.0, rtol=1e-5)  # each row is one softmax
+    home_block = blocks.home // 128
+    for i in (0, 1234, 2999):
+        assert set(cols[i]) == set(blocks.members[home_block[i]])
+        row = dense_row(rows, cols, i)
+        assert row.shape == (3000,) and np.count_nonzero(row) <= 128
+    neighbours = top_neighbours(rows, cols, network.sensors, 3)
+    block_of = {network.sensors[j]: set(blocks.members[home_block[j]]) for j in (0, 2999)}
+    for j in (0, 2999):
+        picked = [network.sensor_index[n["sensor"]] for n in neighbours[network.sensors[j]]]
+        assert j not in picked and set(picked) <= block_of[network.sensors[j]]
+    out = plot_attention(
+        {k: v.numpy() for k, v in maps.items()}, network.sensors, network.coords, 5, "t", tmp_path / "a.png"
+    )
+    assert out.read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.bench

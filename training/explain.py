@@ -17,6 +17,8 @@ from stream.datasets import SensorDataset
 from training.data import fill_forward, protocol_for
 from training.predictor import Predictor
 
+DENSE_PLOT = 2_000  # sensors up to which the whole spatial attention matrix is drawn
+
 
 def _pyplot() -> Any:
     try:
@@ -29,14 +31,36 @@ def _pyplot() -> Any:
     return plt
 
 
-def top_neighbours(spatial: np.ndarray, sensors: tuple[str, ...], k: int) -> dict[str, list[dict[str, Any]]]:
-    """spatial [N, N] (row = attending sensor) -> each sensor's k most-attended other sensors."""
+def spatial_rows(maps: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first window's spatial attention, mean over steps and heads: `rows [N, K]` (row = attending
+    sensor) and `cols [N, K]`, the sensor each weight goes to — K = N for dense attention, the block size
+    for a model with blocks (`spatial_columns`). None for a model without spatial attention."""
+    if "spatial" not in maps:
+        return None
+    rows = maps["spatial"][0].mean(axis=(0, 1))  # [N, K]
+    cols = maps.get("spatial_columns")
+    if cols is None:
+        cols = np.broadcast_to(np.arange(rows.shape[1]), rows.shape)
+    return rows, np.asarray(cols)
+
+
+def dense_row(rows: np.ndarray, cols: np.ndarray, sensor: int) -> np.ndarray:
+    """`sensor`'s attention over every sensor `[N]` (zero outside its block)."""
+    out = np.zeros(rows.shape[0], rows.dtype)
+    out[cols[sensor]] = rows[sensor]
+    return out
+
+
+def top_neighbours(
+    rows: np.ndarray, cols: np.ndarray, sensors: tuple[str, ...], k: int
+) -> dict[str, list[dict[str, Any]]]:
+    """`spatial_rows` -> each sensor's k most-attended other sensors."""
     out: dict[str, list[dict[str, Any]]] = {}
     for i, sensor in enumerate(sensors):
-        row = spatial[i].copy()
-        row[i] = -np.inf  # a sensor attending to itself says nothing about its neighbours
+        row = rows[i].copy()
+        row[cols[i] == i] = -np.inf  # a sensor attending to itself says nothing about its neighbours
         best = np.argsort(row)[::-1][:k]
-        out[sensor] = [{"sensor": sensors[j], "weight": float(spatial[i, j])} for j in best]
+        out[sensor] = [{"sensor": sensors[int(cols[i, j])], "weight": float(rows[i, j])} for j in best]
     return out
 
 
@@ -82,9 +106,10 @@ def explain(
     plt.close(fig)
     summary["files"].append(str(out_dir / "temporal.png"))
 
-    if "spatial" in maps:
-        spatial = maps["spatial"][0].mean(axis=(0, 1))  # [N, N] over steps and heads
-        neighbours = top_neighbours(spatial, sensors, top_k)
+    spatial = spatial_rows(maps)
+    if spatial is not None:
+        rows, cols = spatial
+        neighbours = top_neighbours(rows, cols, sensors, top_k)
         (out_dir / "neighbours.json").write_text(json.dumps(neighbours, indent=1))
         summary["neighbours"] = neighbours[sensors[s]]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -94,12 +119,16 @@ def explain(
         axes[0].set_xlabel("attention weight (mean over steps, heads)")
         if ds.network.coords is not None:
             xy = np.asarray(ds.network.coords)
-            points = axes[1].scatter(xy[:, 0], xy[:, 1], c=spatial[s], cmap="magma_r", s=25)
+            weights = dense_row(rows, cols, s)
+            points = axes[1].scatter(xy[:, 0], xy[:, 1], c=weights, cmap="magma_r", s=25)
             axes[1].scatter(*xy[s], marker="*", s=200, c="tab:blue")
             axes[1].set_title(f"attention from {sensors[s]} (★)")
-        else:
-            points = axes[1].imshow(spatial, cmap="magma_r", aspect="auto")
+        elif rows.shape[1] == len(sensors) <= DENSE_PLOT:  # dense attention of a small network: all of it
+            points = axes[1].imshow(rows, cmap="magma_r", aspect="auto")
             axes[1].set_title("spatial attention (row attends to column)")
+        else:
+            points = axes[1].imshow(dense_row(rows, cols, s)[None], cmap="magma_r", aspect="auto")
+            axes[1].set_title(f"attention from {sensors[s]} over the sensors")
         fig.colorbar(points, ax=axes[1])
         fig.tight_layout()
         fig.savefig(out_dir / "spatial.png", dpi=100)

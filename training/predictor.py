@@ -329,4 +329,6 @@ class Predictor:
         if maps is None:
             raise PredictorError(f"{self.version} has no attention weights to show (a baseline?)")
         _, inputs = self._inputs(values, mask, step_ts)
-        return {k: v.float().cpu().numpy() for k, v in maps(*inputs).items()}
+        return {
+            k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in maps(*inputs).items()
+        }

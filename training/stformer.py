@@ -121,8 +121,9 @@ class STFormer(AttentionModel):
         block: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The forecast [B, H, N, out] and, with `need_weights`, the attention maps (else none):
-        {"temporal": [B, N, heads, T, T], "spatial": [B, T, heads, N, N]} from the last layer of each
-        (with blocks, spatial weights are zero outside each sensor's home block)."""
+        {"temporal": [B, N, heads, T, T], "spatial": [B, T, heads, N, N]} from the last layer of each. With
+        blocks, "spatial" is [B, T, heads, N, S] — each sensor's row over its home block's S members — and
+        "spatial_columns" [N, S] names the sensor of each column."""
         b, t, n, _ = x.shape
         c = self.config
         nodes = None if block is None else self.block_members[block]  # [S]
@@ -157,7 +158,9 @@ class STFormer(AttentionModel):
         for i, layer in enumerate(self.spatial):
             h, w = layer(h, self._graph_bias(i, block), need_weights, blocks)
             if w is not None:
-                maps["spatial"] = w.reshape(b, t, *w.shape[1:])  # [B, T, heads, N, N]
+                maps["spatial"] = w.reshape(b, t, *w.shape[1:])  # [B, T, heads, N, N or S]
+                if blocks is not None:
+                    maps["spatial_columns"] = self.block_members[self.block_home // w.shape[-1]]  # [N, S]
         h = self.norm(h).reshape(b, t, n, -1).transpose(1, 2).reshape(b, n, -1)  # [B, N, T*D]
         y = self.output_proj(h).reshape(b, n, c.horizon, -1).transpose(1, 2)  # [B, H, N, out]
         if c.residual:

@@ -131,6 +131,8 @@ def plot_attention(
     maps: dict[str, np.ndarray], sensors: tuple[str, ...], coords: Any, sensor: int, title: str, out: Path
 ) -> Path:
     """Temporal attention of one sensor; spatial attention from it (on the map when there are coords)."""
+    from training.explain import dense_row, spatial_rows
+
     plt = _pyplot()
     spatial = "spatial" in maps
     fig, axes = plt.subplots(1, 2 if spatial else 1, figsize=(11 if spatial else 6, 4.5), squeeze=False)
@@ -143,8 +145,9 @@ def plot_attention(
         ylabel="input step (attending)" if spatial else "forecast step",
     )
     fig.colorbar(image, ax=axes[0, 0])
-    if spatial:
-        weights = maps["spatial"][0].mean(axis=(0, 1))[sensor]  # [N] over steps and heads
+    rows = spatial_rows(maps)
+    if rows is not None:
+        weights = dense_row(*rows, sensor)  # [N] over steps and heads
         ax = axes[0, 1]
         if coords is not None:
             xy = np.asarray(coords)
