@@ -43,6 +43,7 @@ key_prefix = "city"
 [networks.settings]
 retrain.every_steps = 96
 window.horizon = 6
+ray.shards = 2
 """,
     )
     la, bay = load_deployment(path, Settings())
@@ -59,6 +60,7 @@ window.horizon = 6
     assert bay.settings.redis.key_prefix == "city" and la.settings.redis.key_prefix == "sc"
     assert bay.settings.retrain.every_steps == 96 and bay.settings.window.horizon == 6
     assert la.settings.window.horizon == 12
+    assert bay.settings.ray.shards == 2 and la.settings.ray.shards == 1  # bay's sensors on two actors
     assert la.model.ref == "baseline:persistence"
 
 
@@ -79,6 +81,10 @@ window.horizon = 6
         (
             '[[networks]]\nname = "a"\nsimulate = 5\n[networks.settings]\nwindow.window = 0\n',
             r"networks\[0\] \(a\): setting window\.window: Input should be greater than or equal to 1",
+        ),
+        (
+            '[[networks]]\nname = "a"\nsimulate = 5\n[networks.settings]\nray.shards = 0\n',
+            r"networks\[0\] \(a\): setting ray\.shards: Input should be greater than or equal to 1",
         ),
         ('[[networks]]\nname = "a"\nnetwork = "missing.toml"\n', r"networks\[0\] \(a\): network: no network"),
         ("networks = []\n", "networks: List should have at least 1 item"),
