@@ -74,6 +74,17 @@ for name, (ref, sha) in specs.items():
                      "as_bytes": shipment.blob is not None, "forecast": y.tolist()}
     except Exception as exc:
         out[name] = {"error": str(exc)[-600:]}
+if len(sys.argv) > 5:  # a blocks model in two sensor shards, one on each node, merged by the dispatcher
+    from serving.dispatch import Dispatcher
+    ref, sha = json.loads(sys.argv[5])
+    actors = [
+        make_actor(RaySettings(**{**pinned, "actor_resources": {res: 1}}), 12, 12, storage, (j, 2))
+        for j, res in enumerate(("sc_isolated", "sc_head"))
+    ]
+    dispatcher = Dispatcher(actors, ship(ModelSpec(ref, sha), storage), net, shards=2)
+    dispatcher.start()
+    y = dispatcher.collect(dispatcher.submit(x["values"], x["mask"], x["step_ts"]))
+    out["sharded"] = {**dispatcher.placement(), "forecast": y.tolist()}
 print(json.dumps(out))
 """
 
@@ -82,7 +93,9 @@ print(json.dumps(out))
 def cluster(tmp_path: Path) -> Iterator[RayCluster]:
     data = tmp_path / "driver-data"
     data.mkdir()
-    with RayCluster.start(tmp_path / "cluster", isolated_nodes=1, hidden=[data]) as c:
+    with RayCluster.start(
+        tmp_path / "cluster", isolated_nodes=1, hidden=[data], head_resources={"sc_head": 100}
+    ) as c:
         yield c
 
 
@@ -104,12 +117,15 @@ def test_isolated_node_actors_serve_uri_and_shipped_checkpoints(
     step_ts = (1_330_560_000_000 + 300_000 * (np.arange(12)[None] + np.arange(2)[:, None])).astype(np.int64)
     np.savez(tmp_path / "x.npz", values=values, mask=mask, step_ts=step_ts)  # the driver is on the host
     specs = {"uri": [uri, ckpt.sha256], "local": [str(local), ckpt.sha256], "replaced": [uri, "0" * 64]}
+    blocks = tmp_path / "driver-data" / "blocks.pt"  # also hidden: shipped as bytes to both shards
+    blocks_ckpt = _blocks_checkpoint(ckpt.network, blocks)
     out = cluster.driver(
         ACTORS,
         moto_s3.settings.model_dump_json(),
         json.dumps(specs),
         json.dumps(ckpt.network.to_dict()),
         str(tmp_path / "x.npz"),
+        json.dumps([str(blocks), blocks_ckpt.sha256]),
         timeout_s=300,
     )
     expected = Predictor.from_checkpoint(local, backend="torch").predict(values, mask, step_ts)
@@ -129,6 +145,39 @@ def test_isolated_node_actors_serve_uri_and_shipped_checkpoints(
         assert got["as_bytes"] == shipped_as_bytes and got["version"] == ckpt.version
         np.testing.assert_allclose(np.array(got["forecast"], np.float32), expected, rtol=1e-5, atol=1e-4)
     assert "is not the checkpoint the registry recorded" in out["replaced"]["error"]
+    sharded = out["sharded"]  # one shard on the isolated node, one on the head: every sensor once
+    assert sharded["nodes"][0] == cluster.node_ids[0] != sharded["nodes"][1], sharded["nodes"]
+    assert sharded["shards"] == 2 and sum(sharded["sensors"]) == n and min(sharded["sensors"]) > 0
+    whole = Predictor.from_checkpoint(blocks, backend="torch").predict(values, mask, step_ts)
+    np.testing.assert_allclose(np.array(sharded["forecast"], np.float32), whole, rtol=1e-5, atol=1e-4)
+
+
+def _blocks_checkpoint(network: Any, path: Path) -> Any:
+    """An untrained "blocks" STFormer (blocks of 64: several for 207 sensors) saved at `path`."""
+    import torch
+
+    from training.checkpoint import Checkpoint
+    from training.partition import partition
+    from training.scaler import StandardScaler
+    from training.stformer import STFormer, STFormerConfig
+
+    torch.manual_seed(0)
+    parts = partition(network, 64)
+    config = STFormerConfig(
+        n_nodes=network.n_sensors, block_size=64, n_blocks=parts.count, temporal_layers=1, spatial_layers=1
+    )
+    ckpt = Checkpoint.from_model(
+        "stformer",
+        STFormer(config).set_blocks(parts),
+        scaler=StandardScaler([50.0], [10.0]),
+        network=network,
+        targets=(network.feature_names[0],),
+        window=12,
+        horizon=12,
+        version="blocks-cluster",
+    )
+    save_checkpoint(ckpt, path)
+    return load_checkpoint(path)
 
 
 STEP = 1_800_000  # 30 min: a day is 48 steps, so the first job sees ten daily cycles
