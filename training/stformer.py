@@ -218,15 +218,16 @@ class STFormer(AttentionModel):
         local = torch.full((c.n_nodes,), -1, dtype=torch.long)
         local[sensors] = torch.arange(len(sensors))
         sub_members = local[members[blocks]]  # [P', S]
-        slot = {int(b): k for k, b in enumerate(blocks)}
-        sub_home = torch.empty(len(sensors), dtype=torch.long)
-        for u, g in enumerate(sensors.tolist()):  # the home slot where the block is here, else any slot
-            b = slot.get(int(home_block[g]))
-            if b is not None:
-                sub_home[u] = b * size + int(self.block_home[g]) % size
-            else:
-                b, s = (sub_members == u).nonzero()[0].tolist()
-                sub_home[u] = b * size + s
+        # each sensor's home slot where its home block is here, else its first slot (a halo-only sensor)
+        flat = sub_members.reshape(-1)
+        sub_home = torch.full((len(sensors),), flat.numel()).scatter_reduce(
+            0, flat, torch.arange(flat.numel()), "amin"
+        )
+        position = torch.full((c.n_blocks,), -1, dtype=torch.long)
+        position[blocks] = torch.arange(len(blocks))  # each block's place among the shard's, or -1
+        here = position[home_block[sensors]]  # [U]
+        kept = here >= 0
+        sub_home[kept] = here[kept] * size + self.block_home[sensors[kept]] % size
         model = STFormer(replace(c, n_nodes=len(sensors), n_blocks=len(blocks)))
         state = dict(self.state_dict())
         state["adaptive_embedding"] = self.adaptive_embedding[:, sensors]
